@@ -1,0 +1,3 @@
+from amobridge.cli import main
+
+main()

@@ -1,0 +1,118 @@
+"""Fixtures shared by every tier: a clean environment, and an in-process sandbox."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from amobridge.sandbox import Clock, Sandbox, SandboxConfig, create_sandbox_app
+from amobridge.sandbox.tokens import generate_signing_key
+
+SANDBOX_URL = "http://sandbox.test"
+
+
+@pytest.fixture(autouse=True)
+def _clean_amobridge_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's AMOBRIDGE_* variables or .env file."""
+    for name in list(os.environ):
+        if name.startswith("AMOBRIDGE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> rsa.RSAPrivateKey:
+    return generate_signing_key()  # RSA generation is slow: one key for the session
+
+
+@pytest.fixture
+def sandbox_config() -> SandboxConfig:
+    """Rate limiting off by default: tests of the limiter switch it on themselves."""
+    return SandboxConfig(rate_limit_enabled=False)
+
+
+@pytest.fixture
+def sandbox(sandbox_config: SandboxConfig, signing_key: rsa.RSAPrivateKey) -> Sandbox:
+    return Sandbox(sandbox_config, clock=Clock(), signing_key=signing_key)
+
+
+@pytest.fixture
+def sandbox_app(sandbox: Sandbox) -> Any:
+    return create_sandbox_app(sandbox=sandbox)
+
+
+@pytest.fixture
+async def control(sandbox_app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for the control API (and anything else that needs no account host)."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=sandbox_app), base_url=SANDBOX_URL
+    ) as client:
+        yield client
+
+
+@dataclass
+class Connected:
+    """An account with an installed integration and a fresh token pair."""
+
+    account: dict[str, Any]
+    integration: dict[str, Any]
+    tokens: dict[str, Any]
+    api: httpx.AsyncClient  # base_url https://{host}, Bearer set
+
+    @property
+    def account_id(self) -> int:
+        return int(self.account["id"])
+
+    @property
+    def host(self) -> str:
+        return str(self.account["host"])
+
+
+async def connect(
+    control: httpx.AsyncClient, sandbox_app: Any, subdomain: str = "acme", **account: Any
+) -> Connected:
+    acc = (
+        await control.post("/_sandbox/accounts", json={"subdomain": subdomain, **account})
+    ).json()
+    integ = (
+        await control.post(
+            "/_sandbox/integrations",
+            json={"name": "test", "redirect_uri": "https://app.example/callback"},
+        )
+    ).json()
+    code = (
+        await control.post(
+            "/_sandbox/authorize",
+            json={"client_id": integ["client_id"], "account_id": acc["id"], "state": "s"},
+        )
+    ).json()["code"]
+    api = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=sandbox_app), base_url=f"https://{acc['host']}"
+    )
+    reply = await api.post(
+        "/oauth2/access_token",
+        json={
+            "client_id": integ["client_id"],
+            "client_secret": integ["client_secret"],
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": integ["redirect_uri"],
+        },
+    )
+    assert reply.status_code == 200, reply.text
+    tokens = reply.json()
+    api.headers["Authorization"] = f"Bearer {tokens['access_token']}"
+    return Connected(acc, integ, tokens, api)
+
+
+@pytest.fixture
+async def acme(control: httpx.AsyncClient, sandbox_app: Any) -> AsyncIterator[Connected]:
+    """Account ``acme.amocrm.ru`` connected through a test integration."""
+    connected = await connect(control, sandbox_app, "acme")
+    yield connected
+    await connected.api.aclose()

@@ -1,0 +1,73 @@
+"""Settings: AMOBRIDGE_ prefix, nested groups, placeholders refused (seed 002), docs complete."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from amobridge.errors import ConfigurationError
+from amobridge.settings import Settings, load_settings, placeholder_problem
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+
+
+def test_defaults_load() -> None:
+    settings = load_settings()
+    assert settings.sandbox.port == 8010
+    assert settings.sandbox.rate_limit_rps == 7
+
+
+def test_nested_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMOBRIDGE_SANDBOX__PORT", "9011")
+    assert load_settings().sandbox.port == 9011
+
+
+def test_unknown_setting_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMOBRIDGE_SANDBOX__PROT", "1")
+    with pytest.raises(ConfigurationError, match="PROT"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "value", ["changeme", "your_client_id", "xxx", "  ", "YOUR-SECRET", "<token>", "abc..."]
+)
+def test_placeholder_secret_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("AMOBRIDGE_SANDBOX__CONTROL_TOKEN", value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "AMOBRIDGE_SANDBOX__CONTROL_TOKEN" in message
+    assert "real value" in message or "empty" in message
+    assert value.strip() == "" or value not in message.replace(repr(value.strip()), "")
+
+
+def test_placeholder_numbers() -> None:
+    assert placeholder_problem(12345678) is not None  # seed 002's AMOCRM_STAGE_LESSON_1
+    assert placeholder_problem(123456) is not None
+    assert placeholder_problem(65432100) is None
+    assert placeholder_problem("a9f3c2d1-real") is None
+
+
+def test_real_token_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMOBRIDGE_SANDBOX__CONTROL_TOKEN", "k3J9-real-looking-token")
+    assert load_settings().sandbox.control_token is not None
+
+
+def _env_names(model: type[BaseModel], prefix: str) -> list[str]:
+    names = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names.extend(_env_names(annotation, f"{prefix}{name.upper()}__"))
+        else:
+            names.append(f"{prefix}{name.upper()}")
+    return names
+
+
+def test_every_setting_is_documented() -> None:
+    documented = set(re.findall(r"AMOBRIDGE_[A-Z0-9_]+", DOCS.read_text()))
+    missing = [n for n in _env_names(Settings, "AMOBRIDGE_") if n not in documented]
+    assert not missing, f"add these to docs/configuration.md: {missing}"
