@@ -116,3 +116,21 @@ async def acme(control: httpx.AsyncClient, sandbox_app: Any) -> AsyncIterator[Co
     connected = await connect(control, sandbox_app, "acme")
     yield connected
     await connected.api.aclose()
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """URL of the real PostgreSQL (skips locally when missing, fails under CI)."""
+    from _services import POSTGRES_URL, postgres_problem, require_service
+
+    require_service("PostgreSQL", "127.0.0.1", 5432, postgres_problem())
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """URL of the real Redis (skips locally when missing, fails under CI)."""
+    from _services import REDIS_URL, redis_problem, require_service
+
+    require_service("Redis", "127.0.0.1", 6379, redis_problem())
+    return REDIS_URL
