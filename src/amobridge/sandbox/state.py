@@ -342,6 +342,10 @@ class SandboxState:
         self.access_tokens: dict[str, AccessToken] = {}
         self.refresh_tokens: dict[str, RefreshToken] = {}
         self.requests: deque[RequestRecord] = deque(maxlen=request_log_size)
+        # Kept by oauth.py: what the sandbox sent to integrations (secrets POSTs, disconnect GETs),
+        # for GET /_sandbox/outbound, and consent pages waiting for Allow/Deny, by nonce.
+        self.outbound_log: list[dict[str, Any]] = []
+        self.consents: dict[str, Any] = {}
 
     # --- accounts -------------------------------------------------------------------------------
     def create_account(
