@@ -1,0 +1,189 @@
+"""The database schema (SQLAlchemy 2 declarative). Alembic migrations in ``migrations/`` create it;
+``tests/migration`` checks that the migrated schema equals this one.
+
+Columns ending in ``_enc`` hold Fernet ciphertext (``storage.crypto``), never plaintext. Times are
+timezone-aware UTC. Owner-scoped tables carry ``owner``; they are read through repositories that
+always filter by it (invariant 6).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on every backend (SQLite stores naive text; we add UTC back on read)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+
+class Integration(Base):
+    """An OAuth client: the configured one, or one the website button created for an owner."""
+
+    __tablename__ = "integrations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    client_id: Mapped[str] = mapped_column(String(128), unique=True)
+    client_secret_enc: Mapped[str] = mapped_column(Text)
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16))  # settings | button | manual
+    name: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Connection(Base):
+    """One owner's link to one amoCRM account, with its encrypted tokens."""
+
+    __tablename__ = "connections"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(255), unique=True)
+    integration_id: Mapped[str | None] = mapped_column(
+        ForeignKey("integrations.id", ondelete="SET NULL")
+    )
+    account_id: Mapped[int | None] = mapped_column(BigInteger)
+    host: Mapped[str] = mapped_column(String(255))  # acme.amocrm.ru, acme.kommo.com
+    status: Mapped[str] = mapped_column(String(24), default="active")
+    # active | reauth_required | disconnected
+    access_token_enc: Mapped[str | None] = mapped_column(Text)
+    refresh_token_enc: Mapped[str | None] = mapped_column(Text)
+    long_lived: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[datetime | None]
+    refresh_expires_at: Mapped[datetime | None]
+    token_version: Mapped[int] = mapped_column(Integer, default=0)
+    last_refresh_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    refresh_lease_until: Mapped[datetime | None]
+    refresh_lease_holder: Mapped[str | None] = mapped_column(String(64))
+    webhook_secret: Mapped[str] = mapped_column(String(64), unique=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (Index("ix_connections_status_expires", "status", "expires_at"),)
+
+
+class OAuthState(Base):
+    """A ``state`` we issued: bound to an owner, expiring, consumed once by the callback."""
+
+    __tablename__ = "oauth_states"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the state value
+    owner: Mapped[str] = mapped_column(String(255))
+    flow: Mapped[str] = mapped_column(String(16))  # redirect | button
+    return_to: Mapped[str] = mapped_column(String(16), default="web")  # web | app
+    app_redirect: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_oauth_states_expires_at", "expires_at"),)
+
+
+class ButtonSecret(Base):
+    """Credentials amoCRM POSTed for a button install: kept ≤ 10 min, used once, then deleted."""
+
+    __tablename__ = "button_secrets"
+
+    state_id: Mapped[str] = mapped_column(
+        ForeignKey("oauth_states.id", ondelete="CASCADE"), primary_key=True
+    )
+    client_id: Mapped[str] = mapped_column(String(128))
+    client_secret_enc: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_button_secrets_expires_at", "expires_at"),)
+
+
+class ApiKey(Base):
+    """A host app's API key. Only a SHA-256 of the key is stored; ``prefix`` identifies it."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(255))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # admin | app
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditEntry(Base):
+    """Who did what to which connection/lead/stage, with the outcome (seed 002's amocrm_logs)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(255))  # api-key name, owner, system, amocrm
+    owner: Mapped[str | None] = mapped_column(String(255))
+    connection_id: Mapped[str | None] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(64))
+    success: Mapped[bool] = mapped_column(Boolean)
+    lead_id: Mapped[int | None] = mapped_column(BigInteger)
+    stage_id: Mapped[int | None] = mapped_column(BigInteger)
+    message: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any] | None]
+
+    __table_args__ = (
+        Index("ix_audit_log_at", "at"),
+        Index("ix_audit_log_owner_at", "owner", "at"),
+    )
