@@ -12,10 +12,18 @@ Every setting is listed in ``docs/configuration.md`` (a test keeps the two in st
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from amobridge.errors import ConfigurationError
 
@@ -80,6 +88,22 @@ def placeholder_problem(value: object) -> str | None:
     return None
 
 
+def _split_list(value: object) -> object:
+    """Lists from the environment: a JSON array or a comma-separated string."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(_split_list)]
+
+
 class Environment(StrEnum):
     development = "development"
     production = "production"
@@ -111,6 +135,83 @@ class SandboxSettings(_Group):
     demo_subdomain: str = "demo"
 
 
+class ServerSettings(_Group):
+    """The service (``amobridge serve``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    public_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="How browsers and amoCRM reach the service, including any proxy prefix "
+        "(e.g. https://app.example.com/api). Callback and webhook URLs are built from it.",
+    )
+    root_path: str = Field(
+        "",
+        description="Path prefix a reverse proxy strips before forwarding (seed 000's /api).",
+    )
+    run_workers: bool = Field(True, description="Run the background workers inside `serve`.")
+
+
+class DatabaseSettings(_Group):
+    url: str = Field(
+        "sqlite:///./data/amobridge.db",
+        description="SQLAlchemy URL: sqlite:///path (embedded default) or postgresql://…",
+    )
+
+
+class SecuritySettings(_Group):
+    secret_keys: SecretList = Field(
+        default_factory=list,
+        description="Fernet keys, comma-separated; the first encrypts, all decrypt.",
+    )
+    admin_api_key: SecretStr | None = Field(
+        None, description="Bootstrap admin API key (stored hashed on first start)."
+    )
+    state_ttl_seconds: int = Field(600, ge=60, le=3600)
+    jwt_algorithm: str = Field("HS256", pattern=r"^(HS256|RS256)$")
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+
+
+class AmoSettings(_Group):
+    """The configured amoCRM integration (the website button creates per-owner ones too)."""
+
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    redirect_uri: str | None = Field(
+        None, description="Defaults to {public_url}/amocrm/callback; must equal the integration's."
+    )
+    authorize_url: str = "https://www.amocrm.ru/oauth"
+    button_script_url: str = "https://www.amocrm.ru/auth/button.min.js"
+    button_name: str = "amobridge"
+    button_description: str = "Connects your amoCRM account"
+    button_logo: str | None = None
+    button_scopes: str = "crm,notifications"
+    api_base_url: str | None = Field(
+        None,
+        description="Send every amoCRM call here instead of https://{account host} "
+        "(the sandbox: http://127.0.0.1:8010). The account host still goes in the Host header.",
+    )
+    rate_limit_rps: float = Field(7.0, gt=0, le=7.0)
+    refresh_leeway_seconds: int = Field(300, ge=0)
+    keepalive_refresh_days: int = Field(30, ge=1, le=85)
+
+
+class MobileSettings(_Group):
+    allowed_schemes: CommaList = Field(
+        default_factory=list, description="Deep-link schemes the callback may open, e.g. foryoure."
+    )
+
+
+class HooksSettings(_Group):
+    reauth_callback_url: str | None = Field(
+        None, description="POSTed (signed) when a connection needs re-authorization."
+    )
+    reauth_callback_secret: SecretStr | None = None
+
+
 class Settings(BaseSettings):
     """All of amobridge's settings. Build with :func:`load_settings` to get a readable error."""
 
@@ -119,12 +220,20 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_file=".env",
         env_file_encoding="utf-8",
-        extra="forbid",
+        # .env files also hold other apps' variables (the seeds' AMOCRM_*): ignored here, while
+        # unknown AMOBRIDGE_* names are refused by load_settings() and the groups' extra="forbid".
+        extra="ignore",
         frozen=True,
     )
 
     environment: Environment = Environment.development
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    security: SecuritySettings = SecuritySettings()
+    amo: AmoSettings = AmoSettings()
+    mobile: MobileSettings = MobileSettings()
+    hooks: HooksSettings = HooksSettings()
     sandbox: SandboxSettings = SandboxSettings()
 
     @model_validator(mode="after")
@@ -145,9 +254,11 @@ def _find_placeholders(model: BaseModel, prefix: str) -> list[str]:
             continue
         if name in _NUMERIC_LIMITS:
             continue  # ports, limits and lifetimes are measurements, not identifiers
-        why = placeholder_problem(value)
-        if why:
-            problems.append(f"{env_name} {why}: put the real value there")
+        for index, item in enumerate(value if isinstance(value, list) else [value]):
+            why = placeholder_problem(item)
+            if why:
+                where = f"{env_name} (item {index + 1})" if isinstance(value, list) else env_name
+                problems.append(f"{where} {why}: put the real value there")
     return problems
 
 
@@ -163,12 +274,47 @@ _NUMERIC_LIMITS = frozenset(
         "access_ttl_seconds",
         "refresh_ttl_seconds",
         "time_scale",
+        "state_ttl_seconds",
+        "refresh_leeway_seconds",
+        "keepalive_refresh_days",
     }
 )
 
 
+def setting_names(model: type[BaseModel] = Settings, prefix: str = "AMOBRIDGE_") -> list[str]:
+    """Every environment variable name Settings understands."""
+    names: list[str] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names.extend(setting_names(annotation, f"{prefix}{name.upper()}__"))
+        else:
+            names.append(f"{prefix}{name.upper()}")
+    return names
+
+
+def _unknown_names(env_file: str | None) -> list[str]:
+    import os
+
+    given = {n.upper() for n in os.environ if n.upper().startswith("AMOBRIDGE_")}
+    if env_file and os.path.exists(env_file):
+        from dotenv import dotenv_values
+
+        given |= {n.upper() for n in dotenv_values(env_file) if n.upper().startswith("AMOBRIDGE_")}
+    known = set(setting_names())
+    groups = {n.split("__", 1)[0] for n in known if "__" in n}
+    # Names inside a known group are checked by the group's own extra="forbid".
+    return sorted(n for n in given - known if n.split("__", 1)[0] not in groups)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build Settings, turning pydantic's error dump into one readable ConfigurationError."""
+    unknown = _unknown_names(".env")
+    if unknown:
+        raise ConfigurationError(
+            "invalid configuration:\n  "
+            + "\n  ".join(f"{n}: unknown setting (see docs/configuration.md)" for n in unknown)
+        )
     try:
         return Settings(**overrides)
     except ValidationError as exc:

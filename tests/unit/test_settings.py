@@ -6,10 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
 
 from amobridge.errors import ConfigurationError
-from amobridge.settings import Settings, load_settings, placeholder_problem
+from amobridge.settings import load_settings, placeholder_problem, setting_names
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -56,18 +55,45 @@ def test_real_token_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().sandbox.control_token is not None
 
 
-def _env_names(model: type[BaseModel], prefix: str) -> list[str]:
-    names = []
-    for name, info in model.model_fields.items():
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            names.extend(_env_names(annotation, f"{prefix}{name.upper()}__"))
-        else:
-            names.append(f"{prefix}{name.upper()}")
-    return names
-
-
 def test_every_setting_is_documented() -> None:
     documented = set(re.findall(r"AMOBRIDGE_[A-Z0-9_]+", DOCS.read_text()))
-    missing = [n for n in _env_names(Settings, "AMOBRIDGE_") if n not in documented]
+    missing = [n for n in setting_names() if n not in documented]
     assert not missing, f"add these to docs/configuration.md: {missing}"
+
+
+def test_unknown_top_level_setting_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMOBRIDGE_ENVIRONMNT", "production")
+    with pytest.raises(ConfigurationError, match="AMOBRIDGE_ENVIRONMNT: unknown setting"):
+        load_settings()
+
+
+def test_env_file_with_other_apps_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seeds keep AMOCRM_* in the same .env: ignored, while ours are read."""
+    (tmp_path / ".env").write_text(
+        "AMOCRM_CLIENT_ID=abc\nAMO_DOMAIN=x.amocrm.ru\n"
+        "AMOBRIDGE_MOBILE__ALLOWED_SCHEMES=foryoure, myapp\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.mobile.allowed_schemes == ["foryoure", "myapp"]
+
+
+def test_secret_keys_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMOBRIDGE_SECURITY__SECRET_KEYS", "k1-real-key,k2-real-key")
+    keys = load_settings().security.secret_keys
+    assert [k.get_secret_value() for k in keys] == ["k1-real-key", "k2-real-key"]
+    assert "k1-real-key" not in repr(keys)
+
+
+def test_placeholder_in_list_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMOBRIDGE_SECURITY__SECRET_KEYS", "k1-real-key,changeme")
+    with pytest.raises(ConfigurationError, match=r"SECRET_KEYS \(item 2\)"):
+        load_settings()
+
+
+def test_placeholder_client_id_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMOBRIDGE_AMO__CLIENT_ID", "your_client_id")
+    with pytest.raises(ConfigurationError, match="AMOBRIDGE_AMO__CLIENT_ID"):
+        load_settings()
