@@ -86,6 +86,7 @@ class Sandbox:
         return self._outbound
 
     async def aclose(self) -> None:
+        await self.hooks.aclose()
         if self._outbound is not None:
             await self._outbound.aclose()
             self._outbound = None
