@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,3 +134,54 @@ def redis_url() -> str:
 
     require_service("Redis", "127.0.0.1", 6379, redis_problem())
     return REDIS_URL
+
+
+def _create_pg_database(admin_url: str) -> tuple[str, Any]:
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"amobridge_t_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(
+        admin_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    return f"{admin_url.rsplit('/', 1)[0]}/{name}", (admin, name)
+
+
+def _drop_pg_database(handle: Any) -> None:
+    from sqlalchemy import text
+
+    admin, name = handle
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """A fresh, migrated database: SQLite in a temp dir, and PostgreSQL (its own database)."""
+    from amobridge.storage import migrate
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'amobridge.db'}"
+        migrate.upgrade(url)
+        yield url
+        return
+    admin_url = request.getfixturevalue("postgres_url")
+    url, handle = _create_pg_database(admin_url)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        _drop_pg_database(handle)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Any]:
+    from amobridge.storage.db import Database
+
+    database = Database(database_url)
+    yield database
+    await database.dispose()

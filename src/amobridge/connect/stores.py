@@ -1,0 +1,199 @@
+"""OAuth ``state`` values and the website button's secrets, kept in the database.
+
+A state is ``<random>.<mac>``: the MAC (HMAC-SHA256 over the random part, keyed from the
+encryption key) rejects forged or mangled values without a database hit; the row (stored under
+the SHA-256 of the state, so a database reader cannot replay it) binds it to an owner, a flow and an
+expiry, and :meth:`StateStore.consume` marks it used in one conditional UPDATE — signing alone
+cannot stop a replay (slack_sdk says why), the row does.
+
+Button secrets (``POST /amocrm/secrets``) are accepted only for a live, unused state we issued for
+the button flow, stored encrypted, taken (deleted) once by the callback, and purged after expiry.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from amobridge.storage.crypto import Keyring
+from amobridge.storage.tables import ButtonSecret, OAuthState
+
+Flow = Literal["redirect", "button"]
+ReturnTo = Literal["web", "app"]
+StateProblem = Literal["unknown", "forged", "expired", "used", "wrong_flow"]
+
+
+@dataclass(frozen=True)
+class StateRecord:
+    owner: str
+    flow: str
+    return_to: str
+    app_redirect: str | None
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class ConsumedState:
+    record: StateRecord | None
+    problem: StateProblem | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StateSigner:
+    def __init__(self, key: bytes) -> None:
+        self._key = hashlib.sha256(b"amobridge/oauth-state/" + key).digest()
+
+    def new(self) -> str:
+        nonce = base64.urlsafe_b64encode(secrets.token_bytes(24)).decode().rstrip("=")
+        return f"{nonce}.{self._mac(nonce)}"
+
+    def valid(self, state: str) -> bool:
+        nonce, dot, mac = state.partition(".")
+        if not dot or not nonce or len(state) > 200:
+            return False
+        return hmac.compare_digest(mac, self._mac(nonce))
+
+    def _mac(self, nonce: str) -> str:
+        return hmac.new(self._key, nonce.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def state_id(state: str) -> str:
+    return hashlib.sha256(state.encode()).hexdigest()
+
+
+class StateStore:
+    """Issue and consume OAuth states. Methods take the caller's session: they never commit."""
+
+    def __init__(self, signer: StateSigner, ttl: timedelta) -> None:
+        self._signer = signer
+        self.ttl = ttl
+
+    async def issue(
+        self,
+        session: AsyncSession,
+        *,
+        owner: str,
+        flow: Flow,
+        return_to: ReturnTo = "web",
+        app_redirect: str | None = None,
+    ) -> str:
+        state = self._signer.new()
+        session.add(
+            OAuthState(
+                id=state_id(state),
+                owner=owner,
+                flow=flow,
+                return_to=return_to,
+                app_redirect=app_redirect,
+                created_at=_now(),
+                expires_at=_now() + self.ttl,
+            )
+        )
+        return state
+
+    async def peek(self, session: AsyncSession, *, state: str) -> ConsumedState:
+        """Look without consuming (the secrets webhook checks the state is live)."""
+        if not self._signer.valid(state):
+            return ConsumedState(None, "forged")
+        row = await session.get(OAuthState, state_id(state))
+        return self._judge(row)
+
+    async def consume(self, session: AsyncSession, *, state: str) -> ConsumedState:
+        """Mark a live state used — exactly once, even with concurrent callbacks."""
+        if not self._signer.valid(state):
+            return ConsumedState(None, "forged")
+        now = _now()
+        result = await session.execute(
+            update(OAuthState)
+            .where(
+                OAuthState.id == state_id(state),
+                OAuthState.used_at.is_(None),
+                OAuthState.expires_at > now,
+            )
+            .values(used_at=now)
+            .returning(
+                OAuthState.owner,
+                OAuthState.flow,
+                OAuthState.return_to,
+                OAuthState.app_redirect,
+                OAuthState.expires_at,
+            )
+        )
+        row = result.first()
+        if row is not None:
+            return ConsumedState(StateRecord(*row))
+        # Say why, for the error page: never seen, expired or already used.
+        found = await session.get(OAuthState, state_id(state))
+        return self._judge(found, consuming=True)
+
+    def _judge(self, row: OAuthState | None, *, consuming: bool = False) -> ConsumedState:
+        if row is None:
+            return ConsumedState(None, "unknown")
+        record = StateRecord(row.owner, row.flow, row.return_to, row.app_redirect, row.expires_at)
+        if row.used_at is not None:
+            return ConsumedState(record, "used")
+        if row.expires_at <= _now():
+            return ConsumedState(record, "expired")
+        if consuming:  # lost a race to a concurrent consume
+            return ConsumedState(record, "used")
+        return ConsumedState(record)
+
+    async def purge_expired(self, session: AsyncSession) -> int:
+        result = await session.execute(delete(OAuthState).where(OAuthState.expires_at <= _now()))
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+class ButtonSecretStore:
+    def __init__(self, keyring: Keyring, ttl: timedelta) -> None:
+        self._keyring = keyring
+        self.ttl = ttl
+
+    async def put(
+        self, session: AsyncSession, *, state: str, client_id: str, client_secret: str
+    ) -> bool:
+        """Keep credentials for a live button state; False if one is already stored."""
+        sid = state_id(state)
+        if await session.get(ButtonSecret, sid) is not None:
+            return False
+        session.add(
+            ButtonSecret(
+                state_id=sid,
+                client_id=client_id,
+                client_secret_enc=self._keyring.encrypt(client_secret),
+                created_at=_now(),
+                expires_at=_now() + self.ttl,
+            )
+        )
+        return True
+
+    async def take(self, session: AsyncSession, *, state: str) -> tuple[str, str] | None:
+        """Credentials for ``state``, deleted in the same statement (used once)."""
+        result = await session.execute(
+            delete(ButtonSecret)
+            .where(ButtonSecret.state_id == state_id(state), ButtonSecret.expires_at > _now())
+            .returning(ButtonSecret.client_id, ButtonSecret.client_secret_enc)
+        )
+        row = result.first()
+        if row is None:
+            return None
+        return row[0], self._keyring.decrypt(row[1])
+
+    async def purge_expired(self, session: AsyncSession) -> int:
+        result = await session.execute(
+            delete(ButtonSecret).where(ButtonSecret.expires_at <= _now())
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    async def count(self, session: AsyncSession) -> int:
+        return len((await session.execute(select(ButtonSecret.state_id))).all())
