@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import jwt
+import jwt.types
 from sqlalchemy import select, update
 
 from amobridge.settings import SecuritySettings
@@ -102,7 +103,10 @@ def principal_from_jwt(settings: SecuritySettings, token: str) -> Principal:
                 "end-user tokens are not enabled (AMOBRIDGE_SECURITY__JWT_PUBLIC_KEY)"
             )
         key = settings.jwt_public_key
-    options = {"require": ["sub", "exp"], "verify_aud": settings.jwt_audience is not None}
+    options: jwt.types.Options = {
+        "require": ["sub", "exp"],
+        "verify_aud": settings.jwt_audience is not None,
+    }
     try:
         claims = jwt.decode(
             token,
