@@ -1,0 +1,512 @@
+"""``AmoClient``: the one HTTP pipeline every amoCRM call goes through.
+
+A request passes, in order: the ban breaker (a banned account is refused without a call), the token
+provider (refreshing before expiry), the rate limiter, one attempt under an overall deadline
+(``asyncio.timeout``: httpx's own timeouts do not apply on in-process transports), then the reply
+is mapped by :func:`~amobridge.amo.errors.error_from_response` and retried or raised as the table
+in :mod:`amobridge.amo.retry` says. The endpoint resources (``client.leads`` …) only build paths and
+bodies and call :meth:`AmoClient.request_json` (the ``Requester`` seam).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json as jsonlib
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+
+from amobridge.amo._logging import log
+from amobridge.amo._requester import RetryMode
+from amobridge.amo.auth import OAuthTokenProvider, TokenProvider, TokenStore
+from amobridge.amo.domains import (
+    AccountDomain,
+    default_user_agent,
+    parse_account_domain,
+    request_target,
+)
+from amobridge.amo.errors import (
+    AmoAccountNotFound,
+    AmoAmbiguousWrite,
+    AmoAuthError,
+    AmoBanned,
+    AmoConnectionError,
+    AmoError,
+    AmoHTTPError,
+    AmoRateLimited,
+    AmoServerError,
+    AmoTimeout,
+    AmoTransportError,
+    error_from_response,
+)
+from amobridge.amo.ratelimit import InMemoryRateLimiter, RateLimitBackend
+from amobridge.amo.retry import BanBreaker, RetryPolicy, failure_was_sent
+
+API_PREFIX = "/api/v4/"
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=30.0, write=30.0, pool=30.0)
+DEFAULT_ATTEMPT_TIMEOUT = 60.0
+# After a 429 without a usable hint, nothing is sent for this long: amoCRM counts a 1 s window.
+RATE_LIMIT_PAUSE = 1.0
+
+
+def _api_path(path: str) -> tuple[str, list[tuple[str, str]]]:
+    """``leads``, ``/leads``, ``/api/v4/leads`` or a ``_links`` href → (``/api/v4/leads``, query).
+
+    An absolute href keeps only its path and query: requests always go to the client's own
+    account host, so a link can never send the token elsewhere.
+    """
+    query: list[tuple[str, str]] = []
+    if "://" in path:
+        parts = urlsplit(path)
+        path, query = parts.path, parse_qsl(parts.query, keep_blank_values=True)
+    elif "?" in path:
+        path, _, raw = path.partition("?")
+        query = parse_qsl(raw, keep_blank_values=True)
+    path = path.lstrip("/")
+    if path.startswith("api/v4/"):
+        path = path[len("api/v4/") :]
+    if not path or ".." in path.split("/"):
+        raise ValueError(f"not an API path: {path!r}")
+    return API_PREFIX + path, query
+
+
+def _request_ids(body: Any) -> list[str]:
+    """The ``request_id`` of every item in a create body (what reconciliation searches for)."""
+    items = body if isinstance(body, list) else [body]
+    return [
+        str(item["request_id"])
+        for item in items
+        if isinstance(item, dict) and item.get("request_id") is not None
+    ]
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class AmoClient:
+    """An async amoCRM/Kommo API v4 client for one account.
+
+    ``domain``: ``acme``, ``acme.amocrm.ru``, ``https://acme.kommo.com/`` or the OAuth ``referer``.
+    ``token_provider``: :class:`~amobridge.amo.auth.OAuthTokenProvider` or
+    :class:`~amobridge.amo.auth.StaticTokenProvider` (anything with ``get_token``/``refresh``).
+    ``transport``: any ``httpx.AsyncBaseTransport`` (``MockTransport`` in unit tests,
+    ``ASGITransport(app=create_sandbox_app())`` against the sandbox in-process).
+    ``base_url``: send requests there instead (a sandbox on ``http://127.0.0.1:8010``) while the
+    ``Host`` header keeps naming the account.
+    ``rate_limiter``: shared between clients of the same integration and account in a process
+    (default: a private 7 requests/second limiter). ``ban_breaker``: likewise for 403 bans.
+    """
+
+    def __init__(
+        self,
+        domain: str | AccountDomain,
+        *,
+        token_provider: TokenProvider,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        rate_limiter: RateLimitBackend | None = None,
+        rate_limit_key: str | None = None,
+        retry: RetryPolicy | None = None,
+        ban_breaker: BanBreaker | None = None,
+        user_agent: str | None = None,
+        base_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+        owns_token_provider: bool = False,
+    ) -> None:
+        if attempt_timeout <= 0:
+            raise ValueError("attempt_timeout must be positive")
+        self._domain = parse_account_domain(domain)
+        self._tokens = token_provider
+        self._owns_tokens = owns_token_provider
+        self._limiter: RateLimitBackend = rate_limiter or InMemoryRateLimiter()
+        self._rate_key = rate_limit_key
+        self._retry = retry or RetryPolicy()
+        self._breaker = ban_breaker or BanBreaker()
+        self._base_url = base_url
+        self._attempt_timeout = attempt_timeout
+        self._clock = clock
+        self._rate_blocked_until: dict[str, float] = {}
+        self.user_agent = user_agent or default_user_agent()
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            timeout=timeout,
+            headers={"User-Agent": self.user_agent, "Accept": "application/json"},
+            follow_redirects=False,
+        )
+        self._closed = False
+
+    @classmethod
+    def oauth(
+        cls,
+        domain: str | AccountDomain,
+        *,
+        client_id: str,
+        client_secret: str,
+        redirect_uri: str,
+        store: TokenStore,
+        key: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        base_url: str | None = None,
+        **options: Any,
+    ) -> AmoClient:
+        """A client with its own :class:`OAuthTokenProvider` (closed with the client).
+        ``key`` defaults to ``"{client_id}@{host}"``."""
+        account = parse_account_domain(domain)
+        provider = OAuthTokenProvider(
+            client_id=client_id,
+            client_secret=client_secret,
+            redirect_uri=redirect_uri,
+            store=store,
+            key=key or f"{client_id}@{account.host}",
+            domain=account,
+            transport=transport,
+            base_url=base_url,
+            retry=options.get("retry"),
+        )
+        return cls(
+            account,
+            token_provider=provider,
+            transport=transport,
+            base_url=base_url,
+            owns_token_provider=True,
+            **options,
+        )
+
+    def __repr__(self) -> str:
+        return f"AmoClient({self._domain.host!r}, token_provider={self._tokens!r})"
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AmoClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._http.aclose()
+        if self._owns_tokens:
+            closer = getattr(self._tokens, "aclose", None)
+            if closer is not None:
+                await closer()
+
+    # --- state ---------------------------------------------------------------------------------
+
+    @property
+    def domain(self) -> AccountDomain:
+        return self._domain
+
+    @property
+    def token_provider(self) -> TokenProvider:
+        return self._tokens
+
+    @property
+    def rate_limit_key(self) -> str:
+        """``"{integration}@{account host}"``: the key the rate limiter paces."""
+        if self._rate_key is not None:
+            return self._rate_key
+        integration = getattr(self._tokens, "integration_id", None) or "default"
+        return f"{integration}@{self._domain.host}"
+
+    def reset_ban(self) -> None:
+        """Forget a detected 403 ban for this account (after amoCRM support lifted it)."""
+        self._breaker.reset(self._domain.host)
+
+    def _sync_domain(self) -> None:
+        domain = getattr(self._tokens, "domain", None)
+        if isinstance(domain, AccountDomain) and domain != self._domain:
+            log.warning("amoCRM account %s moved to %s", self._domain.host, domain.host)
+            self._domain = domain
+
+    # --- the pipeline --------------------------------------------------------------------------
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        retry: RetryMode = "safe",
+    ) -> Any:
+        """Send one API request (``path`` relative to ``/api/v4/``) and return the decoded JSON of
+        a 2xx reply, or None for 204 (amoCRM's "empty list" / "missing entity").
+
+        ``retry="create"`` marks a POST that creates entities: it is retried only when nothing can
+        have reached amoCRM; otherwise an unknown outcome raises AmoAmbiguousWrite.
+        """
+        if self._closed:
+            raise RuntimeError("this AmoClient is closed")
+        if retry not in ("safe", "create"):
+            raise ValueError("retry must be 'safe' or 'create'")
+        method = method.upper()
+        api_path, query = _api_path(path)
+        merged: list[tuple[str, Any]] = list(query)
+        for name, value in (params or {}).items():
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            merged.append((name, value))
+        return await self._run(method, api_path, merged, json, retry, uuid.uuid4().hex[:12])
+
+    async def _run(
+        self,
+        method: str,
+        api_path: str,
+        params: list[tuple[str, Any]],
+        body: Any,
+        mode: RetryMode,
+        rid: str,
+    ) -> Any:
+        attempts = 0
+        spent = 0.0  # seconds in attempts and backoff waits (queueing for the limiter excluded)
+        refreshed = False
+        while True:
+            self._sync_domain()
+            host = self._domain.host
+            self._check_breaker(host, method, api_path)
+            key = self.rate_limit_key
+            self._check_rate_block(key, method, api_path)
+            token = await self._tokens.get_token()
+            self._sync_domain()
+            await self._limiter.acquire(key)
+            attempts += 1
+            started = time.monotonic()
+            failure: AmoError
+            hint: float | None = None
+            try:
+                response = await self._attempt(method, api_path, params, body, token)
+            except (httpx.TransportError, TimeoutError) as exc:
+                spent += time.monotonic() - started
+                failure = self._transport_failure(exc, method, api_path)
+                self._log_attempt(method, api_path, None, started, rid, attempts, None, failure)
+                if mode == "create" and failure_was_sent(exc):
+                    raise self._ambiguous(method, api_path, body, failure, attempts) from failure
+            else:
+                spent += time.monotonic() - started
+                status = response.status_code
+                amo_rid = response.headers.get("x-request-id")
+                self._log_attempt(method, api_path, status, started, rid, attempts, amo_rid, None)
+                if 200 <= status < 300:
+                    return self._decode(response, method, api_path, mode, body, attempts)
+                error = error_from_response(
+                    status=status,
+                    method=method,
+                    url=api_path,
+                    body=response.content,
+                    request_id=amo_rid,
+                    retry_after_header=response.headers.get("retry-after"),
+                    now=self._clock(),
+                    ban_retry_at=self._breaker.retry_at_if_tripped(),
+                )
+                if isinstance(error, AmoBanned):
+                    self._breaker.trip(host, error.retry_at)
+                    log.error(
+                        "amoCRM banned account %s until about %s", host, _when(error.retry_at)
+                    )
+                    raise error
+                if isinstance(error, AmoAccountNotFound):
+                    raise error
+                if status == 401 and isinstance(error, AmoAuthError):
+                    if refreshed:
+                        raise error
+                    refreshed = True
+                    await self._tokens.refresh(token)  # raises AmoReauthRequired when dead
+                    attempts -= 1  # the refresh retry is not a failure
+                    continue
+                if isinstance(error, AmoRateLimited):
+                    hint = error.retry_after
+                    pause = max(RATE_LIMIT_PAUSE, hint or 0.0)
+                    if hint is not None and hint > self._retry.max_retry_after:
+                        self._rate_blocked_until[key] = time.monotonic() + hint
+                        raise error
+                    await self._limiter.pause(key, pause)
+                elif isinstance(error, AmoServerError):
+                    if mode == "create":
+                        raise self._ambiguous(method, api_path, body, error, attempts) from error
+                    hint = self._server_hint(response)
+                else:
+                    raise error
+                failure = error
+            wait = self._retry.next_wait(attempts=attempts, spent=spent, hint=hint)
+            if wait is None:
+                raise failure
+            log.warning(
+                "amoCRM %s %s failed (%s); retry %d in %.2f s [request %s]",
+                method,
+                api_path,
+                type(failure).__name__,
+                attempts,
+                wait,
+                rid,
+            )
+            wait_started = time.monotonic()
+            await self._retry.wait(wait)
+            spent += time.monotonic() - wait_started
+
+    async def _attempt(
+        self,
+        method: str,
+        api_path: str,
+        params: list[tuple[str, Any]],
+        body: Any,
+        token: str,
+    ) -> httpx.Response:
+        url, headers = request_target(self._domain.host, api_path, self._base_url)
+        headers["Authorization"] = f"Bearer {token}"
+        async with asyncio.timeout(self._attempt_timeout):
+            return await self._http.request(
+                method,
+                url,
+                params=params or None,
+                json=body,
+                headers=headers,
+            )
+
+    def _decode(
+        self,
+        response: httpx.Response,
+        method: str,
+        api_path: str,
+        mode: RetryMode,
+        body: Any,
+        attempts: int,
+    ) -> Any:
+        content = response.content
+        if response.status_code == 204 or not content.strip():
+            return None
+        try:
+            return jsonlib.loads(content)
+        except ValueError:
+            error = AmoServerError(
+                f"amoCRM answered {method} {api_path} with {response.status_code} and a body that "
+                "is not JSON; try again later",
+                status=response.status_code,
+                method=method,
+                url=api_path,
+                body_excerpt=content[:500].decode("utf-8", "replace"),
+                request_id=response.headers.get("x-request-id"),
+            )
+            if mode == "create":
+                raise self._ambiguous(method, api_path, body, error, attempts) from error
+            raise error from None
+
+    def _server_hint(self, response: httpx.Response) -> float | None:
+        raw = response.headers.get("retry-after")
+        if not raw:
+            return None
+        try:
+            return min(max(0.0, float(raw)), self._retry.max_retry_after)
+        except ValueError:
+            return None
+
+    def _check_breaker(self, host: str, method: str, api_path: str) -> None:
+        until = self._breaker.banned_until(host)
+        if until is not None:
+            raise AmoBanned(
+                f"amoCRM blocked account {host} (403) and the client refuses {method} {api_path} "
+                f"without calling amoCRM until {_when(until)}. Ask amoCRM support to lift the "
+                "block, then call reset_ban().",
+                retry_at=until,
+                status=403,
+                method=method,
+                url=api_path,
+            )
+
+    def _check_rate_block(self, key: str, method: str, api_path: str) -> None:
+        until = self._rate_blocked_until.get(key)
+        if until is None:
+            return
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._rate_blocked_until[key]
+            return
+        raise AmoRateLimited(
+            f"amoCRM asked to wait before more requests; {method} {api_path} was not sent. "
+            f"Retry after {left:.0f} s.",
+            retry_after=left,
+            status=429,
+            method=method,
+            url=api_path,
+        )
+
+    def _transport_failure(
+        self, exc: BaseException, method: str, api_path: str
+    ) -> AmoTransportError:
+        failure: AmoTransportError
+        if isinstance(exc, TimeoutError | httpx.TimeoutException):
+            failure = AmoTimeout(
+                f"amoCRM did not answer {method} {api_path} in time ({type(exc).__name__}, "
+                f"deadline {self._attempt_timeout:g} s per attempt); try again later"
+            )
+        else:
+            failure = AmoConnectionError(
+                f"the connection to amoCRM failed during {method} {api_path} "
+                f"({type(exc).__name__}); check the network and try again"
+            )
+        failure.__cause__ = exc
+        return failure
+
+    def _ambiguous(
+        self, method: str, api_path: str, body: Any, cause: AmoError, attempts: int
+    ) -> AmoAmbiguousWrite:
+        if isinstance(cause, AmoHTTPError):
+            reason = f"amoCRM answered {cause.status}"
+        else:
+            reason = type(cause).__name__.removeprefix("Amo").lower()
+            reason = {"timeout": "no reply in time", "connectionerror": "connection broke off"}.get(
+                reason, reason
+            )
+        error = AmoAmbiguousWrite(
+            method=method,
+            path=api_path,
+            request_ids=_request_ids(body),
+            reason=reason,
+            attempts=attempts,
+        )
+        log.error("%s", error)
+        return error
+
+    def _log_attempt(
+        self,
+        method: str,
+        api_path: str,
+        status: int | None,
+        started: float,
+        rid: str,
+        attempt: int,
+        amo_request_id: str | None,
+        failure: AmoError | None,
+    ) -> None:
+        elapsed_ms = (time.monotonic() - started) * 1000
+        outcome = str(status) if status is not None else type(failure).__name__
+        log.debug(
+            "amoCRM %s %s -> %s in %.0f ms [request %s, attempt %d, amo request id %s]",
+            method,
+            api_path,
+            outcome,
+            elapsed_ms,
+            rid,
+            attempt,
+            amo_request_id or "-",
+            extra={
+                "amo_method": method,
+                "amo_path": api_path,
+                "amo_status": status,
+                "amo_duration_ms": round(elapsed_ms, 1),
+                "amo_request_id": amo_request_id,
+                "amobridge_request_id": rid,
+                "amo_attempt": attempt,
+            },
+        )
