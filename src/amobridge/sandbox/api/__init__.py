@@ -1,13 +1,42 @@
-"""(in progress)"""
+"""The sandbox's API v4 subset (§5, §6) and the control API's UI-side edits.
+
+Modules: ``account`` (account, users), ``pipelines``, ``leads`` (+ complex), ``contacts``,
+``companies`` (all three on ``crud``), ``notes``, ``tags``, ``fields`` (custom fields),
+``entities`` (the one create/update/delete implementation, shared with ``ui``), ``query``
+(filters, pages), ``validate`` (bodies, ``validation-errors``), ``serialize`` (JSON shapes and
+``webhook_snapshot``). ``docs/sandbox.md`` documents the endpoints.
+"""
 
 from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
+from amobridge.sandbox.api import (
+    account,
+    companies,
+    contacts,
+    fields,
+    leads,
+    notes,
+    pipelines,
+    tags,
+    ui,
+)
+from amobridge.sandbox.api.serialize import webhook_snapshot
+
+__all__ = ["control_routes", "routes", "webhook_snapshot"]
+
 
 def routes() -> list[BaseRoute]:
-    return []
+    """``/api/v4`` routes. Literal paths (``/leads/pipelines``) never clash with ``{id:int}``;
+    the entity routes come first because Starlette tries routes in order and
+    ``GET /leads/{id}`` must stay cheap."""
+    found: list[BaseRoute] = []
+    for module in (leads, contacts, companies, pipelines, account, notes, tags, fields):
+        found.extend(module.routes())
+    return found
 
 
 def control_routes() -> list[BaseRoute]:
-    return []
+    """``/_sandbox/accounts/{id}/{leads|contacts|companies}…``: a manager's edits in the UI."""
+    return ui.routes()
