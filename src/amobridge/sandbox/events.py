@@ -17,6 +17,13 @@ ChangeAction = Literal["add", "update", "delete", "restore", "note"]
 
 @dataclass(frozen=True)
 class EntityChange:
+    """One change of a lead, contact or company (API write, UI edit via the control API).
+
+    ``snapshot`` is built by ``amobridge.sandbox.api.serialize.webhook_snapshot`` (its docstring
+    lists the keys): already in webhook nesting and order, so flattening it gives amoCRM's form
+    keys. ``old_*`` are set only when that value changed in this update.
+    """
+
     entity_type: EntityType
     action: ChangeAction
     entity_id: int

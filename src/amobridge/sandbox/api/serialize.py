@@ -262,54 +262,70 @@ def note_json(account: Account, note: Note, base: str) -> dict[str, Any]:
 def webhook_snapshot(account: Account, entity_type: EntityType, entity: Any) -> dict[str, Any]:
     """The entity as amoCRM's webhooks describe it (§8.2), for :class:`EntityChange.snapshot`.
 
-    Values keep their Python types (the dispatcher turns every one into a string). Keys:
+    Keys come in the order amoCRM's captured bodies use; values keep their Python types and the
+    nesting is the webhook's own, so flattening to ``key[sub][0][x]=str(value)`` gives amoCRM's
+    form keys (empty lists vanish, None is left out):
 
-    - all: ``id, name, responsible_user_id, created_user_id, modified_user_id, date_create,
-      last_modified, created_at, updated_at, account_id, group_id``; ``custom_fields``: a list of
-      ``{"id", "name", "code"? (only when the field has a code: PHONE, EMAIL, POSITION, …),
-      "values": [{"value", "enum"? (the enum id, for select/multitext fields)}]}``; ``tags``: a
-      list of ``{"id", "name"}``. Both lists may be empty.
-    - leads: ``price, status_id, pipeline_id`` (plus ``closed_at`` when closed).
-    - contacts: ``first_name, last_name, type: "contact", company_name, linked_company_id``
-      (the last two only when linked to a company) and ``linked_leads_id``: a list of lead ids
-      (amoCRM sends ``linked_leads_id[{id}][ID]={id}``).
-    - companies: ``type: "company"``, ``linked_leads_id``.
+    - leads: ``id, name, status_id, price, responsible_user_id, last_modified, modified_user_id,
+      created_user_id, date_create, pipeline_id, tags, account_id, custom_fields, created_at,
+      updated_at`` (plus ``closed_at`` when closed);
+    - contacts: ``id, name, first_name, last_name, responsible_user_id, date_create,
+      last_modified, created_user_id, modified_user_id, company_name, linked_company_id`` (the
+      last two when linked to a company) ``, tags, account_id, custom_fields, created_at,
+      updated_at, type: "contact", linked_leads_id``;
+    - companies: as contacts without names/company, ``type: "company"``.
+
+    ``tags`` is ``[{"id", "name"}]``; ``custom_fields`` is ``[{"id", "name", "code"? (when the
+    field has one: PHONE, EMAIL, POSITION, …), "values": [{"value", "enum"? (enum id)}]}]``;
+    ``linked_leads_id`` is ``{"<lead id>": {"ID": <lead id>}}`` (amoCRM's
+    ``linked_leads_id[{id}][ID]={id}``).
     """
-    snapshot: dict[str, Any] = {
-        "id": entity.id,
-        "name": entity.name,
-        "responsible_user_id": entity.responsible_user_id,
-        "created_user_id": entity.created_by,
-        "modified_user_id": entity.updated_by,
-        "date_create": entity.created_at,
-        "last_modified": entity.updated_at,
+    tags = [{"id": t["id"], "name": t["name"]} for t in _tags(account, entity_type, entity.tag_ids)]
+    common_tail = {
+        "tags": tags,
+        "account_id": account.id,
+        "custom_fields": _webhook_fields(entity.custom_fields_values),
         "created_at": entity.created_at,
         "updated_at": entity.updated_at,
-        "account_id": account.id,
-        "group_id": entity.group_id,
-        "custom_fields": _webhook_fields(entity.custom_fields_values),
-        "tags": [
-            {"id": t["id"], "name": t["name"]} for t in _tags(account, entity_type, entity.tag_ids)
-        ],
     }
     if isinstance(entity, Lead):
-        snapshot["price"] = entity.price
-        snapshot["status_id"] = entity.status_id
-        snapshot["pipeline_id"] = entity.pipeline_id
+        snapshot: dict[str, Any] = {
+            "id": entity.id,
+            "name": entity.name,
+            "status_id": entity.status_id,
+            "price": entity.price,
+            "responsible_user_id": entity.responsible_user_id,
+            "last_modified": entity.updated_at,
+            "modified_user_id": entity.updated_by,
+            "created_user_id": entity.created_by,
+            "date_create": entity.created_at,
+            "pipeline_id": entity.pipeline_id,
+            **common_tail,
+        }
         if entity.closed_at is not None:
             snapshot["closed_at"] = entity.closed_at
-    elif isinstance(entity, Contact):
+        return snapshot
+    snapshot = {"id": entity.id, "name": entity.name}
+    if isinstance(entity, Contact):
         snapshot["first_name"] = entity.first_name
         snapshot["last_name"] = entity.last_name
-        snapshot["type"] = "contact"
+    snapshot.update(
+        {
+            "responsible_user_id": entity.responsible_user_id,
+            "date_create": entity.created_at,
+            "last_modified": entity.updated_at,
+            "created_user_id": entity.created_by,
+            "modified_user_id": entity.updated_by,
+        }
+    )
+    if isinstance(entity, Contact):
         company = account.companies.get(entity.company_id) if entity.company_id else None
         if company is not None and not company.is_deleted:
-            snapshot["linked_company_id"] = company.id
             snapshot["company_name"] = company.name
-        snapshot["linked_leads_id"] = _live(entity.lead_ids, account.leads)
-    elif isinstance(entity, Company):
-        snapshot["type"] = "company"
-        snapshot["linked_leads_id"] = _live(entity.lead_ids, account.leads)
+            snapshot["linked_company_id"] = company.id
+    snapshot.update(common_tail)
+    snapshot["type"] = "contact" if isinstance(entity, Contact) else "company"
+    snapshot["linked_leads_id"] = {str(i): {"ID": i} for i in _live(entity.lead_ids, account.leads)}
     return snapshot
 
 
