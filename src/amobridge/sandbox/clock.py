@@ -19,8 +19,8 @@ class Clock:
         self._origin = time.time() if start is None else start
         self._offset = 0.0
         self._frozen_at: float | None = None
-        if frozen:
-            self.freeze()
+        if frozen:  # exactly ``start``: no real time has passed yet
+            self._frozen_at = self._origin
 
     @property
     def scale(self) -> float:
