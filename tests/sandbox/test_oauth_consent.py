@@ -271,6 +271,13 @@ async def test_allow_needs_a_valid_account(world: World) -> None:
     """Allow without an account, or with one that does not exist, is refused."""
     assert (await world.answer(await world.open(), "allow", account=None)).status_code == 400
     assert (await world.answer(await world.open(), "allow", account=999)).status_code == 400
+    for odd in ("³", "9" * 5000, "-1", " ", "1e3"):
+        page = await world.open(account_id=odd)
+        assert page.status == 200
+        reply = await world.client.post(
+            "/oauth", data={"nonce": page.nonce, "decision": "allow", "account_id": odd}
+        )
+        assert reply.status_code == 400, odd
 
 
 async def test_no_accounts_disables_allow(control: httpx.AsyncClient) -> None:

@@ -377,13 +377,19 @@ def _take_consent(sandbox: Sandbox, nonce: str) -> PendingConsent | None:
     return pending
 
 
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:  # not a number, or longer than Python parses
+        return None
+
+
 def _preselect(request: Request, accounts: list[Account]) -> int | None:
     query = request.query_params
-    wanted_id = query.get("account_id", "").strip()
-    if wanted_id.isdigit():
-        for account in accounts:
-            if account.id == int(wanted_id):
-                return account.id
+    wanted_id = _int(query.get("account_id"))
+    for account in accounts:
+        if account.id == wanted_id:
+            return account.id
     wanted_sub = query.get("subdomain", "").strip().lower()
     if wanted_sub:
         for account in accounts:
@@ -506,8 +512,8 @@ async def _consent_answer(request: Request, sandbox: Sandbox) -> Response:
             message["state"] = pending.state
         return _finish(pending, url, message, target_origin, denied=True)
 
-    account_id = form.get("account_id", "")
-    account = sandbox.state.accounts.get(int(account_id)) if account_id.strip().isdigit() else None
+    account_id = _int(form.get("account_id"))
+    account = sandbox.state.accounts.get(account_id) if account_id is not None else None
     if account is None or account.id not in pending.account_ids:
         return _error_page(400, "Аккаунт не выбран", "Выберите аккаунт из списка.")
 
