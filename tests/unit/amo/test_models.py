@@ -377,3 +377,15 @@ def test_note_create_common() -> None:
         "note_type": "common",
         "params": {"text": "Перезвонить"},
     }
+
+
+def test_tags_replace_under_embedded() -> None:
+    assert LeadCreate(tags=["vip"], contacts=[1]).to_api() == {
+        "_embedded": {"tags": [{"name": "vip"}], "contacts": [{"id": 1}]}
+    }
+    assert LeadUpdate(id=1, tags=[]).to_api() == {"id": 1, "_embedded": {"tags": []}}
+    assert ContactCreate(name="x", companies=[5]).to_api() == {
+        "name": "x",
+        "_embedded": {"companies": [{"id": 5}]},
+    }
+    assert ComplexLeadCreate(tags=[7]).to_api() == {"_embedded": {"tags": [{"id": 7}]}}

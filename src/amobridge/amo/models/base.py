@@ -88,6 +88,10 @@ def link_list(value: Any) -> Any:
     return value
 
 
+Links = Annotated[list[EntityLink], BeforeValidator(link_list)]
+"""Links in a request: ``[1, 2]`` or ``[EntityLink(id=1, is_main=True)]``."""
+
+
 @dataclass(frozen=True)
 class Page(Generic[T]):
     """One page of a list endpoint. amoCRM sends no total count: only whether a next page exists."""

@@ -51,6 +51,10 @@ class Company(WithContactInfo):
 
 
 class CompanyCreate(AmoInput):
+    """A new company; ``tags`` (names or ids) go under ``_embedded``."""
+
+    embedded_fields = ("tags",)
+
     name: str | None = None
     responsible_user_id: int | None = None
     created_by: int | None = None
@@ -58,17 +62,23 @@ class CompanyCreate(AmoInput):
     created_at: int | None = None
     updated_at: int | None = None
     custom_fields_values: list[CustomFieldInput] | None = None
+    tags: list[TagRef] | None = None
     tags_to_add: list[TagRef] | None = None
     request_id: str | None = None
 
 
 class CompanyUpdate(AmoInput):
+    """Changes to the company ``id``; ``tags`` replaces every tag."""
+
+    embedded_fields = ("tags",)
+
     id: int | None = None
     name: str | None = None
     responsible_user_id: int | None = None
     updated_by: int | None = None
     updated_at: int | None = None
     custom_fields_values: list[CustomFieldInput] | None = None
+    tags: list[TagRef] | None = None
     tags_to_add: list[TagRef] | None = None
     tags_to_delete: list[TagRef] | None = None
     request_id: str | None = None

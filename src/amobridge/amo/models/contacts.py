@@ -10,6 +10,7 @@ from amobridge.amo.models.base import (
     AmoInput,
     AmoModel,
     EntityLink,
+    Links,
     NullableDict,
     NullableList,
     NullableObject,
@@ -61,7 +62,11 @@ class Contact(WithContactInfo):
 
 
 class ContactCreate(AmoInput):
-    """A new contact. Build phone / e-mail values with ``phone_field`` / ``email_field``."""
+    """A new contact. Build phone / e-mail values with ``phone_field`` / ``email_field``.
+    ``tags`` (names or ids) and ``companies`` (one id: the contact's company) go under
+    ``_embedded``."""
+
+    embedded_fields = ("tags", "companies")
 
     name: str | None = None
     first_name: str | None = None
@@ -73,11 +78,16 @@ class ContactCreate(AmoInput):
     updated_at: int | None = None
     custom_fields_values: list[CustomFieldInput] | None = None
     tags_to_add: list[TagRef] | None = None
+    tags: list[TagRef] | None = None
+    companies: Links | None = None
     request_id: str | None = None
 
 
 class ContactUpdate(AmoInput):
-    """Changes to the contact ``id`` (only the fields you set are sent)."""
+    """Changes to the contact ``id`` (only the fields you set are sent); ``tags`` replaces every
+    tag."""
+
+    embedded_fields = ("tags",)
 
     id: int | None = None
     name: str | None = None
@@ -87,6 +97,7 @@ class ContactUpdate(AmoInput):
     updated_by: int | None = None
     updated_at: int | None = None
     custom_fields_values: list[CustomFieldInput] | None = None
+    tags: list[TagRef] | None = None
     tags_to_add: list[TagRef] | None = None
     tags_to_delete: list[TagRef] | None = None
     request_id: str | None = None

@@ -4,24 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field
+from pydantic import Field
 
 from amobridge.amo.models.base import (
     AmoInput,
     AmoModel,
     EntityLink,
+    Links,
     NullableDict,
     NullableList,
     NullableObject,
-    link_list,
 )
 from amobridge.amo.models.companies import CompanyCreate
 from amobridge.amo.models.contacts import ContactCreate
 from amobridge.amo.models.custom_fields import CustomFieldInput, WithCustomFields
 from amobridge.amo.models.pipelines import LOST_STATUS_ID, WON_STATUS_ID
 from amobridge.amo.models.tags import Tag, TagRef
-
-Links = Annotated[list[EntityLink], BeforeValidator(link_list)]
 
 
 class LeadEmbedded(AmoModel):
@@ -100,21 +98,26 @@ class _LeadWrite(AmoInput):
 
 class LeadCreate(_LeadWrite):
     """A new lead. Every field is optional; without a status it lands in the main pipeline's first
-    stage. ``contacts`` / ``companies`` link existing ones (ids or :class:`EntityLink`), sent as
-    ``_embedded``."""
+    stage. ``contacts`` / ``companies`` link existing ones (ids or :class:`EntityLink`) and
+    ``tags`` sets the tags (names or ids), all sent under ``_embedded``."""
 
-    embedded_fields = ("contacts", "companies")
+    embedded_fields = ("tags", "contacts", "companies")
 
     created_by: int | None = None
     created_at: int | None = None
+    tags: list[TagRef] | None = None
     contacts: Links | None = None
     companies: Links | None = None
 
 
 class LeadUpdate(_LeadWrite):
-    """Changes to the lead ``id`` (only the fields you set are sent)."""
+    """Changes to the lead ``id`` (only the fields you set are sent). ``tags`` replaces every
+    tag (``[]`` clears them); ``tags_to_add`` / ``tags_to_delete`` change only those named."""
+
+    embedded_fields = ("tags",)
 
     id: int | None = None
+    tags: list[TagRef] | None = None
     tags_to_delete: list[TagRef] | None = None
 
 
@@ -124,6 +127,7 @@ class ComplexLeadCreate(_LeadWrite):
 
     created_by: int | None = None
     created_at: int | None = None
+    tags: list[TagRef] | None = None
     contact: ContactCreate | None = None
     company: CompanyCreate | None = None
 
@@ -132,6 +136,9 @@ class ComplexLeadCreate(_LeadWrite):
         body.pop("contact", None)
         body.pop("company", None)
         embedded: dict[str, Any] = {}
+        tags = body.pop("tags", None)
+        if tags is not None:
+            embedded["tags"] = tags
         if self.contact is not None:
             embedded["contacts"] = [self.contact.to_api()]
         if self.company is not None:
