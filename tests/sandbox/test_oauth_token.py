@@ -412,6 +412,9 @@ async def test_old_access_token_is_revoked_after_refresh(world: World, sandbox: 
     new = (await world.refresh(first["refresh_token"])).json()
     assert sandbox.tokens.authenticate(first["access_token"]) is None
     assert sandbox.tokens.authenticate(new["access_token"]) is not None
+    for token, status in ((first["access_token"], 401), (new["access_token"], 200)):
+        reply = await world.api.get("/api/v4/account", headers={"Authorization": f"Bearer {token}"})
+        assert reply.status_code == status
 
 
 async def test_old_access_token_survives_refresh_when_switched_off(
@@ -516,8 +519,13 @@ async def test_long_lived_token_has_no_refresh_token_and_works(
     assert claims["exp"] - claims["iat"] == 86400 * 30
     assert body["expires_at"] == claims["exp"]
     assert sandbox.tokens.authenticate(body["access_token"]) is not None
+    bearer = {"Authorization": f"Bearer {body['access_token']}"}
+    account = await world.api.get("/api/v4/account", headers=bearer)
+    assert account.status_code == 200, account.text
+    assert account.json()["id"] == world.account["id"]
     await world.advance(86400 * 30 + 1)
     assert sandbox.tokens.authenticate(body["access_token"]) is None
+    assert (await world.api.get("/api/v4/account", headers=bearer)).status_code == 401
 
 
 # --- request log and faults ------------------------------------------------------------------

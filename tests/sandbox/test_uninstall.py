@@ -116,10 +116,18 @@ async def test_uninstall_revokes_tokens(
     """§2.2: disabling the integration revokes its tokens: API calls → 401, refresh → 401
     "Token has been revoked"."""
     assert sandbox.tokens.authenticate(installed.tokens["access_token"]) is not None
+    before = await installed.api.get(
+        "/api/v4/account", headers={"Authorization": f"Bearer {installed.tokens['access_token']}"}
+    )
+    assert before.status_code == 200
     reply = await uninstall(control, installed.integration["client_id"], installed.account["id"])
     assert reply.status_code == 200, reply.text
     assert reply.json()["revoked"] == 1
     assert sandbox.tokens.authenticate(installed.tokens["access_token"]) is None
+    api = await installed.api.get(
+        "/api/v4/account", headers={"Authorization": f"Bearer {installed.tokens['access_token']}"}
+    )
+    assert api.status_code == 401
     refreshed = await installed.refresh()
     assert refreshed.status_code == 401
     assert refreshed.json()["hint"] == "Token has been revoked"
