@@ -388,7 +388,7 @@ class Resource:
         bodies = with_request_ids(bodies)
         results: list[dict[str, Any]] = []
         for chunk in chunked(bodies, chunk_size):
-            with _progress_note(results, len(bodies), "created"):
+            with _ProgressNote(results, len(bodies), "created"):
                 reply = await self._requester.request_json(
                     "POST", path, json=list(chunk), retry="create"
                 )
@@ -430,7 +430,7 @@ class Resource:
                 raise ValueError("every update needs the id of the entity to change")
         results: list[UpdatedEntity] = []
         for chunk in chunked(bodies, chunk_size):
-            with _progress_note(results, len(bodies), "updated"):
+            with _ProgressNote(results, len(bodies), "updated"):
                 reply = await self._requester.request_json(
                     "PATCH", path, json=list(chunk), retry=retry
                 )
@@ -511,7 +511,7 @@ def match_by_request_id(
     return [by_request_id[request_id] for request_id in sent]
 
 
-class _progress_note:
+class _ProgressNote:
     """On failure, note on the exception how many earlier items were already written."""
 
     def __init__(self, done: Sequence[Any], total: int, verb: str) -> None:
