@@ -402,3 +402,63 @@ async def test_control_token_protects_the_control_api(signing_key: rsa.RSAPrivat
         )
         assert api.status_code == 401
         assert api.json()["detail"] == "Invalid user name or password"
+
+
+# --- routing -------------------------------------------------------------------------------------
+
+
+def _linear_choice(routes: list[Any], scope: dict[str, Any]) -> Any:
+    """What Starlette's router picks: the first full match, else the first partial one."""
+    from starlette.routing import Match
+
+    partial = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return route
+        if match is Match.PARTIAL and partial is None:
+            partial = route
+    return partial
+
+
+def test_route_index_picks_what_the_linear_router_picks(sandbox_app: Any) -> None:
+    """The prefix index is only a shortcut: for every route's path (ids filled in), with every
+    method, and for unknown paths, it chooses the same route as trying them all in order."""
+    from starlette.routing import Match
+
+    from amobridge.sandbox.routing import RouteIndex
+
+    [index] = sandbox_app.router.routes
+    assert isinstance(index, RouteIndex)
+    paths = {
+        "/",
+        "/nothing",
+        "/api/v4/",
+        "/api/v4/leads/",
+        "/api/v4/leads/x",
+        "/oauth/",
+        "/_sandbox",
+    }
+    for route in index.routes:
+        path = getattr(route, "path", "")
+        filled = path.replace("{entity_id:int}", "17").replace("{note_id:int}", "5")
+        for name in ("account_id", "rule_id", "entity_id", "path:path", "client_id"):
+            filled = filled.replace("{" + name + "}", "30000001")
+        paths.add(filled)
+    checked = 0
+    for path in sorted(paths):
+        for method in ("GET", "POST", "PATCH", "DELETE", "PUT", "HEAD"):
+            scope = {"type": "http", "method": method, "path": path, "root_path": ""}
+            expected = _linear_choice(index.routes, scope)
+            match, child = index.matches(scope)
+            chosen = child.get("route") if match is not Match.NONE else None
+            assert chosen is expected, (method, path)
+            checked += 1
+    assert checked > 500
+
+
+async def test_method_not_on_a_route_is_an_amocrm_404(control: httpx.AsyncClient) -> None:
+    """§6: an unknown route or method answers amoCRM's `Cannot {METHOD} {path}` 404."""
+    reply = await control.put("/_sandbox/health")
+    assert reply.status_code == 404
+    assert reply.json()["detail"] == "Cannot PUT /_sandbox/health"

@@ -26,6 +26,7 @@ from amobridge.sandbox.events import EntityChange
 from amobridge.sandbox.faults import FaultInjector
 from amobridge.sandbox.http import internal_error, problem
 from amobridge.sandbox.ratelimit import RateLimiter
+from amobridge.sandbox.routing import RouteIndex
 from amobridge.sandbox.state import Account, SandboxState
 from amobridge.sandbox.tokens import TokenAuthority
 from amobridge.sandbox.webhooks import WebhookDispatcher
@@ -147,6 +148,6 @@ def create_sandbox_app(
         config, clock=clock, signing_key=signing_key, outbound_transport=outbound_transport
     )
     handlers: dict[Any, Any] = {HTTPException: _http_exception, Exception: _server_error}
-    app = Starlette(routes=_routes(), exception_handlers=handlers)
+    app = Starlette(routes=[RouteIndex(_routes())], exception_handlers=handlers)
     app.state.sandbox = sandbox
     return app

@@ -60,8 +60,11 @@ _REASONS = {
 }
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def dumps(data: Any) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    return _ENCODER.encode(data).encode()
 
 
 def hal(data: Any, status: int = 200) -> Response:
@@ -281,8 +284,9 @@ def api_endpoint(handler: ApiHandler) -> Endpoint:
         record = RequestRecord(
             time=sandbox.clock.now(),
             method=request.method,
-            path=request.url.path,
-            query=request.url.query,
+            # From the scope: building request.url costs more than a whole cheap handler.
+            path=request.scope["path"],
+            query=request.scope.get("query_string", b"").decode("latin-1"),
             status=0,
         )
         try:
@@ -316,7 +320,7 @@ async def _run_api(
     rule = sandbox.faults.match(
         "before",
         method=request.method,
-        path=request.url.path,
+        path=record.path,
         account_id=account_id,
         client_id=client_id,
     )
@@ -349,13 +353,13 @@ async def _run_api(
     except ApiProblem as exc:
         response = exc.response
     except Exception:
-        log.exception("sandbox handler %s failed", request.url.path)
+        log.exception("sandbox handler %s failed", record.path)
         response = internal_error()
 
     after = sandbox.faults.match(
         "after",
         method=request.method,
-        path=request.url.path,
+        path=record.path,
         account_id=account.id,
         client_id=token.client_id,
     )
