@@ -7,3 +7,32 @@ class AmobridgeError(Exception):
 
 class ConfigurationError(AmobridgeError):
     """The configuration cannot work; the message says which setting and what to put there."""
+
+
+class ServiceError(AmobridgeError):
+    """An expected failure the caller can act on; the web layer renders ``{"detail": message}``."""
+
+    status_code = 400
+
+    def __init__(self, detail: str, *, status_code: int | None = None, **extra: object) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if status_code is not None:
+            self.status_code = status_code
+        self.extra = extra
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+
+
+class Conflict(ServiceError):
+    status_code = 409

@@ -8,6 +8,8 @@ wrong key raises :class:`DecryptionError`, never returns garbage.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 from collections.abc import Sequence
@@ -42,8 +44,13 @@ class Keyring:
                     "(32 url-safe base64 bytes; make one with `amobridge keys generate`)"
                 ) from None
         self._primary = fernets[0]
+        self._primary_key = keys[0].encode() if isinstance(keys[0], str) else keys[0]
         self._multi = MultiFernet(fernets)
         self.size = len(fernets)
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A key for ``purpose`` (e.g. MACs of OAuth states) derived from the primary key."""
+        return hmac.new(self._primary_key, f"amobridge/{purpose}".encode(), hashlib.sha256).digest()
 
     def encrypt(self, plaintext: str) -> str:
         return self._multi.encrypt(plaintext.encode()).decode()

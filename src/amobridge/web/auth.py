@@ -18,10 +18,10 @@ import jwt
 import jwt.types
 from sqlalchemy import select, update
 
+from amobridge.errors import Forbidden, ServiceError, Unauthorized
 from amobridge.settings import SecuritySettings
 from amobridge.storage.db import Database
 from amobridge.storage.tables import ApiKey
-from amobridge.web.errors import Forbidden, ServiceError, Unauthorized
 
 Role = Literal["admin", "app", "user"]
 KEY_PREFIX = "amb_"

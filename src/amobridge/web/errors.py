@@ -3,45 +3,30 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from amobridge.errors import AmobridgeError
+from amobridge.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceError,
+    Unauthorized,
+)
+
+__all__ = [
+    "Conflict",
+    "Forbidden",
+    "NotFound",
+    "ServiceError",
+    "Unauthorized",
+    "install_error_handlers",
+]
 
 log = logging.getLogger("amobridge.web")
-
-
-class ServiceError(AmobridgeError):
-    """An expected failure the caller can act on: rendered as ``{"detail": message}``."""
-
-    status_code = 400
-
-    def __init__(self, detail: str, *, status_code: int | None = None, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        if status_code is not None:
-            self.status_code = status_code
-        self.extra = extra
-
-
-class NotFound(ServiceError):
-    status_code = 404
-
-
-class Unauthorized(ServiceError):
-    status_code = 401
-
-
-class Forbidden(ServiceError):
-    status_code = 403
-
-
-class Conflict(ServiceError):
-    status_code = 409
 
 
 def _validation_detail(exc: RequestValidationError) -> str:

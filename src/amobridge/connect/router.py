@@ -1,0 +1,219 @@
+"""HTTP routes of the connect flows. Paths carry no ``/api`` prefix: a proxy that adds one sets
+``AMOBRIDGE_SERVER__ROOT_PATH`` instead (seed 000's 404)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, ConfigDict, Field
+
+from amobridge.connect.service import PROBLEMS, CallbackOutcome, ConnectService
+from amobridge.errors import Forbidden, ServiceError
+from amobridge.web.auth import Principal
+from amobridge.web.deps import current_principal, principal_or_query_token
+
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+router = APIRouter(tags=["connect"])
+
+
+def service(request: Request) -> ConnectService:
+    found: ConnectService = request.app.state.services.connect
+    return found
+
+
+Service = Annotated[ConnectService, Depends(service)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class ExchangeCodeBody(_Body):
+    code: str = Field(min_length=1, max_length=4096)
+    referer: str = Field(min_length=1, max_length=255)
+    owner: str | None = Field(None, max_length=255)
+
+
+class ImportTokensBody(_Body):
+    owner: str = Field(min_length=1, max_length=255)
+    domain: str = Field(min_length=1, max_length=255, description="acme.amocrm.ru or acme")
+    access_token: str = Field(min_length=1, max_length=8192)
+    refresh_token: str | None = Field(None, max_length=8192)
+    expires_in: int | None = Field(None, ge=1, le=5 * 365 * 86400)
+    client_id: str | None = Field(None, max_length=128)
+    client_secret: str | None = Field(None, max_length=1024)
+    redirect_uri: str | None = Field(None, max_length=2048)
+
+
+@router.get("/amocrm/auth", summary="Start the OAuth redirect flow")
+async def auth(
+    svc: Service,
+    principal: Annotated[Principal, Depends(principal_or_query_token)],
+    owner: str | None = None,
+    return_: Annotated[Literal["web", "app"], Query(alias="return")] = "web",
+    redirect: Annotated[str | None, Query(max_length=2048)] = None,
+    format: Literal["redirect", "json"] = "redirect",
+) -> Response:
+    """302 to amoCRM's consent page (or ``{"url"}`` with ``format=json`` for host backends that
+    hand the URL to a browser). ``return=app`` ends on a deep-link page for mobile apps."""
+    who = principal.owner_for(owner)
+    url = await svc.start(who, return_to=return_, app_redirect=redirect)
+    if format == "json":
+        return JSONResponse({"url": url, "expires_in": int(svc.states.ttl.total_seconds())})
+    return RedirectResponse(url, status_code=302)
+
+
+@router.get("/amocrm/connect", response_class=HTMLResponse, summary="Website-button page")
+async def connect_page(
+    request: Request,
+    svc: Service,
+    principal: Annotated[Principal, Depends(principal_or_query_token)],
+    owner: str | None = None,
+    return_: Annotated[Literal["web", "app"], Query(alias="return")] = "web",
+    redirect: Annotated[str | None, Query(max_length=2048)] = None,
+) -> Response:
+    who = principal.owner_for(owner)
+    state = await svc.button_state(who, return_to=return_, app_redirect=redirect)
+    amo = svc.settings.amo
+    button = {
+        "name": amo.button_name,
+        "description": amo.button_description,
+        "redirect_uri": svc.redirect_uri,
+        "secrets_uri": svc.secrets_uri,
+        "logo": amo.button_logo,
+        "scopes": amo.button_scopes,
+        "state": state,
+        "script_url": amo.button_script_url,
+    }
+    return templates.TemplateResponse(
+        request,
+        "connect.html",
+        {"lang": "ru", "button": button, "ttl_minutes": int(svc.states.ttl.total_seconds() // 60)},
+    )
+
+
+@router.post("/amocrm/secrets", summary="amoCRM's secrets webhook (website button)")
+async def secrets(request: Request, svc: Service) -> Response:
+    """Exactly 200 on success: amoCRM's popup fails on anything else (a 204 was seen to)."""
+    body = await request.body()
+    await svc.accept_secrets(body, request.headers.get("content-type", ""))
+    return JSONResponse({"status": "ok"}, status_code=200)
+
+
+@router.get("/amocrm/callback", response_class=HTMLResponse, summary="OAuth redirect target")
+async def callback(request: Request, svc: Service) -> Response:
+    params = {k: v for k, v in request.query_params.items() if isinstance(v, str)}
+    outcome = await svc.callback(params)
+    return render_outcome(request, svc, outcome)
+
+
+def render_outcome(request: Request, svc: ConnectService, outcome: CallbackOutcome) -> Response:
+    if outcome.return_to == "app" and outcome.app_redirect:
+        query: dict[str, Any] = {"status": "success" if outcome.ok else "error"}
+        if outcome.ok:
+            query.update({"domain": outcome.host, "account_id": outcome.account_id})
+        else:
+            query["error"] = outcome.code
+        sep = "&" if "?" in outcome.app_redirect else "?"
+        deep_link = outcome.app_redirect + sep + urlencode(query)
+        detail = "" if outcome.ok else PROBLEMS[outcome.code][0]
+        return templates.TemplateResponse(
+            request,
+            "deeplink.html",
+            {
+                "lang": "ru",
+                "deep_link": deep_link,
+                "status": query["status"],
+                "detail": detail,
+                "app_name": "app",
+            },
+            status_code=200 if outcome.ok else 400,
+        )
+    if outcome.ok:
+        return templates.TemplateResponse(
+            request, "success.html", {"lang": "ru", "host": outcome.host, "return_url": None}
+        )
+    title, why, fix = PROBLEMS[outcome.code]
+    return templates.TemplateResponse(
+        request,
+        "error.html",
+        {
+            "lang": "ru",
+            "title": title,
+            "detail": f"{why} {outcome.detail or ''}".strip(),
+            "fix": fix,
+            "code": outcome.code,
+            "retry_url": None,
+        },
+        status_code=400,
+    )
+
+
+@router.post("/amocrm/exchange-code", summary="Exchange a code the app received itself")
+async def exchange_code(
+    svc: Service,
+    principal: Annotated[Principal, Depends(current_principal)],
+    body: ExchangeCodeBody,
+) -> dict[str, Any]:
+    who = principal.owner_for(body.owner)
+    await svc.exchange_code_for(who, body.code, body.referer)
+    return await svc.status(who)
+
+
+@router.post("/amocrm/tokens", summary="Import tokens by hand (admin)", status_code=201)
+async def import_tokens(
+    svc: Service,
+    principal: Annotated[Principal, Depends(current_principal)],
+    body: Annotated[ImportTokensBody, Body()],
+) -> dict[str, Any]:
+    if not principal.is_admin:
+        raise Forbidden("importing tokens needs an admin API key")
+    await svc.import_tokens(
+        body.owner,
+        domain=body.domain,
+        access_token=body.access_token,
+        refresh_token=body.refresh_token,
+        expires_in=body.expires_in,
+        client_id=body.client_id,
+        client_secret=body.client_secret,
+        redirect_uri=body.redirect_uri,
+    )
+    return await svc.status(body.owner)
+
+
+@router.get("/amocrm/status", summary="Connection status (never a token)")
+async def status(
+    svc: Service,
+    principal: Annotated[Principal, Depends(current_principal)],
+    owner: str | None = None,
+) -> dict[str, Any]:
+    return await svc.status(principal.owner_for(owner))
+
+
+@router.api_route("/amocrm/disconnect", methods=["DELETE", "POST"], summary="Disconnect")
+async def disconnect(
+    svc: Service,
+    principal: Annotated[Principal, Depends(current_principal)],
+    owner: str | None = None,
+) -> dict[str, Any]:
+    who = principal.owner_for(owner)
+    await svc.disconnect(who, actor=principal.name)
+    return {"disconnected": True, **(await svc.status(who))}
+
+
+@router.get("/amocrm/uninstall", summary="amoCRM's signed disconnect hook")
+async def uninstall(
+    svc: Service,
+    account_id: str = "",
+    client_uuid: str = "",
+    signature: str = "",
+) -> dict[str, Any]:
+    if len(signature) > 128 or len(client_uuid) > 128 or len(account_id) > 20:
+        raise ServiceError("parameter too long", status_code=401)
+    count = await svc.uninstall(account_id, client_uuid, signature)
+    return {"disconnected": count}

@@ -1,0 +1,141 @@
+"""The service wired to the sandbox in-process: amoCRM calls go to the sandbox app, and what the
+sandbox sends out (secrets POSTs, disconnect hooks, webhooks) goes to the service app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from amobridge.settings import Settings
+from amobridge.storage.crypto import generate_key
+from amobridge.web.app import Services, create_app
+from amobridge.web.auth import create_api_key
+
+SERVICE_URL = "http://service.test"
+JWT_SECRET = "jwt-test-secret-0123456789abcdef"
+
+
+class _LateTransport(httpx.AsyncBaseTransport):
+    """An ASGI transport whose app is set after both apps exist (they point at each other)."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await httpx.ASGITransport(app=self.app).handle_async_request(request)
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    services: Services
+    app: Any
+    http: httpx.AsyncClient  # to the service
+    control: httpx.AsyncClient  # to the sandbox's control API
+    sandbox: Any
+    admin_key: str
+    app_key: str
+    integration: dict[str, Any]
+    account: dict[str, Any]
+
+    def user_token(self, owner: str, **claims: Any) -> str:
+        import time
+
+        payload = {"sub": owner, "exp": int(time.time()) + 3600, **claims}
+        return jwt.encode(payload, JWT_SECRET, algorithm="HS256")
+
+    def app_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.app_key}"}
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"}
+
+    async def connect(self, owner: str, account_id: int | None = None) -> httpx.Response:
+        """The redirect flow end to end (consent given through the control API)."""
+        start = await self.http.get(
+            "/amocrm/auth", params={"owner": owner, "format": "json"}, headers=self.app_headers()
+        )
+        assert start.status_code == 200, start.text
+        state = httpx.URL(start.json()["url"]).params["state"]
+        consent = await self.control.post(
+            "/_sandbox/authorize",
+            json={
+                "client_id": self.integration["client_id"],
+                "account_id": account_id or self.account["id"],
+                "state": state,
+            },
+        )
+        redirect = httpx.URL(consent.json()["redirect_url"])
+        return await self.http.get("/amocrm/callback", params=dict(redirect.params))
+
+
+def make_settings(database_url: str, **over: Any) -> Settings:
+    values: dict[str, Any] = {
+        "environment": "test",
+        "database": {"url": database_url},
+        "security": {"secret_keys": [generate_key()], "jwt_secret": JWT_SECRET},
+        "server": {"public_url": SERVICE_URL, "run_workers": False},
+        "amo": {
+            "client_id": "placeholder-replaced",
+            "client_secret": "placeholder-replaced",
+            "authorize_url": "http://sandbox.test/oauth",
+            "button_script_url": "http://sandbox.test/auth/button.min.js",
+        },
+        "mobile": {"allowed_schemes": ["foryoure"]},
+    }
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    return Settings(**values)
+
+
+@pytest.fixture
+async def stack(
+    database_url: str, sandbox: Any, sandbox_app: Any, control: httpx.AsyncClient
+) -> AsyncIterator[Stack]:
+    back = _LateTransport()
+    sandbox._outbound_transport = back  # the sandbox's secrets POSTs and hooks reach the service
+    integration = (
+        await control.post(
+            "/_sandbox/integrations",
+            json={
+                "name": "amobridge",
+                "redirect_uri": f"{SERVICE_URL}/amocrm/callback",
+                "disconnect_url": f"{SERVICE_URL}/amocrm/uninstall",
+            },
+        )
+    ).json()
+    account = (await control.post("/_sandbox/accounts", json={"subdomain": "acme"})).json()
+    settings = make_settings(
+        database_url,
+        amo={"client_id": integration["client_id"], "client_secret": integration["client_secret"]},
+    )
+    services = Services.build(settings, amo_transport=httpx.ASGITransport(app=sandbox_app))
+    app = create_app(settings, services=services)
+    back.app = app
+    await services.start()
+    admin_key = await create_api_key(services.db, name="admin", role="admin")
+    app_key = await create_api_key(services.db, name="host-app", role="app")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url=SERVICE_URL
+    ) as http:
+        yield Stack(
+            settings,
+            services,
+            app,
+            http,
+            control,
+            sandbox,
+            admin_key,
+            app_key,
+            integration,
+            account,
+        )
+    await services.stop()
