@@ -388,3 +388,48 @@ async def test_reenable_through_control(
     await world.emit(1)
     assert destination.calls == 4
     assert (await world.listed())["disabled"] is False
+
+
+def test_works_across_event_loops_and_survives_a_closed_one(
+    sandbox_config: SandboxConfig, signing_key: rsa.RSAPrivateKey
+) -> None:
+    """A sandbox outlives event loops (one per test): a retry pending on a loop that was closed
+    goes out from the next loop, and reset() tolerates tasks of a closed loop."""
+    from amobridge.sandbox.state import WebhookSubscription
+
+    destination = Destination(status=500)
+    box = Sandbox(
+        sandbox_config,
+        clock=Clock(frozen=True),
+        signing_key=signing_key,
+        outbound_transport=httpx.MockTransport(destination),
+    )
+    account = box.state.create_account("acme")
+    account.webhooks[HOOK] = WebhookSubscription(1, account.id, HOOK, ["add_lead"], 1, 0, 0, 0)
+    change = EntityChange("leads", "add", 1, snapshot={"id": 1})
+
+    async def first() -> None:
+        box.emit(account, [change])
+        await box.hooks.flush()  # attempt 1 failed: attempt 2 pending, the ticker running
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(first())
+    assert box.hooks.pending_retries == 1
+    ticker = box.hooks._ticker
+    assert ticker is not None
+    assert not ticker.done()
+
+    async def second() -> None:
+        box.clock.advance(300)
+        await box.hooks.run_due()
+
+    asyncio.run(second())
+    assert destination.calls == 2
+    loop.close()
+    third = asyncio.new_event_loop()
+    third.run_until_complete(first())
+    third.close()  # closed with its ticker still pending
+    assert box.hooks._ticker is not None
+    assert not box.hooks._ticker.done()
+    box.reset()
+    assert box.hooks.pending_retries == 0
