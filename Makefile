@@ -13,13 +13,15 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 HOST ?= 127.0.0.1
-PORT ?= 8010
+PORT ?= 8000
+SANDBOX_PORT ?= 8010
 
 .PHONY: run test env lint typecheck pytest system-deps bench clean
 
-## run: create the environment and start the main job (sandbox amoCRM with a demo account)
+## run: create the environment and start the main job: the service plus the sandbox amoCRM
+## (demo account and integration), on the embedded SQLite database
 run: env
-	$(BIN)/amobridge sandbox --host $(HOST) --port $(PORT) --demo
+	$(BIN)/amobridge demo --host $(HOST) --port $(PORT) --sandbox-port $(SANDBOX_PORT)
 
 ## test: create the environment, then lint, type-check and run the whole test suite
 test: env system-deps lint typecheck pytest

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Annotated
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from amobridge import __version__
-from amobridge.errors import ConfigurationError
+from amobridge.errors import ConfigurationError, ServiceError
 from amobridge.settings import Settings, load_settings
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="amobridge",
@@ -87,6 +92,220 @@ def sandbox(
         log_level=settings.log_level.lower(),
         access_log=False,
     )
+
+
+# --- the service ---------------------------------------------------------------------------------
+
+keys_app = typer.Typer(help="Encryption keys for tokens and secrets at rest.", no_args_is_help=True)
+api_keys_app = typer.Typer(help="API keys of host apps.", no_args_is_help=True)
+connections_app = typer.Typer(help="Connections to amoCRM accounts.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(api_keys_app, name="api-keys")
+app.add_typer(connections_app, name="connections")
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    except ServiceError as exc:
+        _fail(exc.detail)
+
+
+def _configure_logging(settings: Settings) -> None:
+    from amobridge.logs import configure_logging
+
+    configure_logging(settings.log_level)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface (default from settings).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+) -> None:
+    """Run the service: connect flows, API, webhooks, workers (migrates the database first)."""
+    import uvicorn
+
+    from amobridge.web.app import create_app
+
+    settings = _settings()
+    _configure_logging(settings)
+    try:
+        application = create_app(settings)
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    uvicorn.run(
+        application,
+        host=host or settings.server.host,
+        port=port or settings.server.port,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1",
+        log_config=None,
+    )
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date (Alembic)."""
+    from amobridge.storage import migrate as migrations
+
+    settings = _settings()
+    migrations.upgrade(settings.database.url)
+    typer.echo("database is up to date")
+
+
+@keys_app.command("generate")
+def keys_generate() -> None:
+    """Print a new Fernet key for AMOBRIDGE_SECURITY__SECRET_KEYS."""
+    from amobridge.storage.crypto import generate_key
+
+    typer.echo(generate_key())
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Re-encrypt every stored secret with the first key of AMOBRIDGE_SECURITY__SECRET_KEYS."""
+    from amobridge.storage.rotate import rotate_all
+    from amobridge.web.app import Services
+
+    settings = _settings()
+
+    async def go() -> int:
+        services = Services.build(settings)
+        try:
+            await services.start(workers=False)
+            return await rotate_all(services.db, services.keyring)
+        finally:
+            await services.stop()
+
+    count = _run(go())
+    typer.echo(f"re-encrypted {count} values with the primary key")
+
+
+@api_keys_app.command("create")
+def api_keys_create(
+    name: Annotated[str, typer.Option(help="Who uses the key (shown in the audit log).")],
+    role: Annotated[str, typer.Option(help="admin or app.")] = "app",
+) -> None:
+    """Create an API key and print it once (only its hash is stored)."""
+    from amobridge.web.app import Services
+    from amobridge.web.auth import create_api_key
+
+    if role not in ("admin", "app"):
+        _fail("role must be admin or app", 2)
+    settings = _settings()
+
+    async def go() -> str:
+        services = Services.build(settings)
+        try:
+            await services.start(workers=False)
+            return await create_api_key(services.db, name=name, role=role)  # type: ignore[arg-type]
+        finally:
+            await services.stop()
+
+    key = _run(go())
+    typer.echo(key)
+    typer.echo("store it now: it is not shown again", err=True)
+
+
+@connections_app.command("list")
+def connections_list() -> None:
+    """Every connection with its status (never a token)."""
+    from amobridge.web.app import Services
+
+    settings = _settings()
+
+    async def go() -> list[dict[str, Any]]:
+        services = Services.build(settings)
+        try:
+            await services.start(workers=False)
+            async with services.db.transaction() as session:
+                rows = await services.connect.connections.all(session)
+            return [await services.connect.status(r.owner) | {"owner": r.owner} for r in rows]
+        finally:
+            await services.stop()
+
+    rows = _run(go())
+    if not rows:
+        typer.echo("no connections")
+    for row in rows:
+        typer.echo(
+            f"{row['owner']}\t{row['domain']}\t{row['status']}\texpires {row['expiresAt']}"
+            f"\tlast error: {row['lastError'] or '-'}"
+        )
+
+
+@connections_app.command("import-env")
+def connections_import_env(
+    env_file: Annotated[Path, typer.Argument(help="The .env holding AMOCRM_* / AMO_* values.")],
+    owner: Annotated[str, typer.Option(help="Owner id for the imported connection.")] = "default",
+) -> None:
+    """Turn a seed-style .env (AMOCRM_SUBDOMAIN, AMOCRM_ACCESS_TOKEN, AMO_DOMAIN, …) into a
+    connection, so an existing single-account setup migrates in one command."""
+    from amobridge.connect.envimport import read_legacy_env
+    from amobridge.web.app import Services
+
+    if not env_file.is_file():
+        _fail(f"{env_file} does not exist", 2)
+    settings = _settings()
+    try:
+        legacy = read_legacy_env(env_file)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    for warning in legacy.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+
+    async def go() -> dict[str, Any]:
+        services = Services.build(settings)
+        try:
+            await services.start(workers=False)
+            await services.connect.import_tokens(
+                owner,
+                domain=legacy.domain,
+                access_token=legacy.access_token,
+                refresh_token=legacy.refresh_token,
+                expires_in=None,
+                client_id=legacy.client_id,
+                client_secret=legacy.client_secret,
+                redirect_uri=legacy.redirect_uri,
+            )
+            return await services.connect.status(owner)
+        finally:
+            await services.stop()
+
+    status = _run(go())
+    kind = (
+        "long-lived token" if status.get("longLived") else "OAuth tokens (refreshed automatically)"
+    )
+    typer.echo(
+        f"imported {status['domain']} for owner {owner!r}: {kind}, status {status['status']}"
+    )
+
+
+@app.command()
+def demo(
+    host: Annotated[str, typer.Option(help="Interface for both servers.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Service port.")] = 8000,
+    sandbox_port: Annotated[int, typer.Option(help="Sandbox port.")] = 8010,
+) -> None:
+    """Run the service and the sandbox amoCRM together, wired to each other (make run)."""
+    from amobridge.demo import run_demo
+
+    settings = _settings()
+    _configure_logging(settings)
+    try:
+        asyncio.run(run_demo(settings, host=host, port=port, sandbox_port=sandbox_port))
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    except KeyboardInterrupt:
+        pass
 
 
 def main() -> None:

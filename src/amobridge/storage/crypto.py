@@ -32,7 +32,7 @@ class Keyring:
     def __init__(self, keys: Sequence[str | bytes]) -> None:
         if not keys:
             raise ConfigurationError(
-                "at least one encryption key is needed (AMOBRIDGE_SECRET_KEYS)"
+                "at least one encryption key is needed (AMOBRIDGE_SECURITY__SECRET_KEYS)"
             )
         fernets = []
         for index, key in enumerate(keys):
@@ -40,7 +40,7 @@ class Keyring:
                 fernets.append(Fernet(key))
             except (ValueError, TypeError):
                 raise ConfigurationError(
-                    f"AMOBRIDGE_SECRET_KEYS: key #{index + 1} is not a Fernet key "
+                    f"AMOBRIDGE_SECURITY__SECRET_KEYS: key #{index + 1} is not a Fernet key "
                     "(32 url-safe base64 bytes; make one with `amobridge keys generate`)"
                 ) from None
         self._primary = fernets[0]
@@ -61,7 +61,7 @@ class Keyring:
         except InvalidToken:
             raise DecryptionError(
                 "a stored secret cannot be decrypted: the key that encrypted it is not in "
-                "AMOBRIDGE_SECRET_KEYS (add it back, or re-connect the account)"
+                "AMOBRIDGE_SECURITY__SECRET_KEYS (add it back, or re-connect the account)"
             ) from None
 
     def rotate(self, ciphertext: str) -> str:
@@ -97,8 +97,8 @@ def load_or_create_dev_key(data_dir: Path) -> str:
         with os.fdopen(fd, "w") as handle:
             handle.write(key + "\n")
     log.warning(
-        "no AMOBRIDGE_SECRET_KEYS set: using the development key in %s. "
-        "Never do this in production: set AMOBRIDGE_SECRET_KEYS to a key from "
+        "no AMOBRIDGE_SECURITY__SECRET_KEYS set: using the development key in %s. "
+        "Never do this in production: set AMOBRIDGE_SECURITY__SECRET_KEYS to a key from "
         "`amobridge keys generate`.",
         path,
     )

@@ -1,0 +1,132 @@
+"""``amobridge demo`` (what ``make run`` starts): the service and the sandbox in one process.
+
+The sandbox gets a demo account ("Demo Academy", with seed 002's pipeline) and an integration
+whose redirect URI is the service's callback; the service is configured to use the sandbox for
+the consent page, the button script and every API call. ``/demo/*`` routes act as a demo owner,
+so the printed URLs work in a browser as they are (no credential is printed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+from pydantic import SecretStr
+
+from amobridge import __version__
+from amobridge.sandbox import Sandbox, SandboxConfig, create_sandbox_app
+from amobridge.sandbox.clock import Clock
+from amobridge.sandbox.demo import seed_demo
+from amobridge.settings import Environment, Settings
+from amobridge.web.app import Services, create_app
+from amobridge.web.auth import Principal
+
+DEMO_OWNER = "demo-user"
+
+
+def add_demo_routes(app: FastAPI, services: Services) -> None:
+    """Browser shortcuts acting as the demo owner: only ``amobridge demo`` mounts them."""
+    from amobridge.connect.router import connect_page
+
+    @app.get("/demo/connect", include_in_schema=False)
+    async def demo_connect() -> RedirectResponse:
+        return RedirectResponse(await services.connect.start(DEMO_OWNER), status_code=302)
+
+    @app.get("/demo/button", include_in_schema=False)
+    async def demo_button(request: Request) -> Response:
+        principal = Principal(role="user", name=DEMO_OWNER, owner=DEMO_OWNER)
+        return await connect_page(request, services.connect, principal, None, "web", None)
+
+    @app.get("/demo/status", include_in_schema=False)
+    async def demo_status() -> dict[str, object]:
+        return await services.connect.status(DEMO_OWNER)
+
+
+def demo_settings(
+    settings: Settings, *, service_url: str, sandbox_url: str, client_id: str, client_secret: str
+) -> Settings:
+    if settings.environment == Environment.production:
+        from amobridge.errors import ConfigurationError
+
+        raise ConfigurationError("the demo runs against the sandbox: not in production")
+    amo = settings.amo.model_copy(
+        update={
+            "client_id": client_id,
+            "client_secret": SecretStr(client_secret),
+            "redirect_uri": f"{service_url}/amocrm/callback",
+            "authorize_url": f"{sandbox_url}/oauth",
+            "button_script_url": f"{sandbox_url}/auth/button.min.js",
+            "api_base_url": sandbox_url,
+        }
+    )
+    server = settings.server.model_copy(update={"public_url": service_url})
+    return settings.model_copy(update={"amo": amo, "server": server})
+
+
+async def run_demo(settings: Settings, *, host: str, port: int, sandbox_port: int) -> None:
+    service_url = f"http://{host}:{port}"
+    sandbox_url = f"http://{host}:{sandbox_port}"
+    group = settings.sandbox
+    box = Sandbox(
+        SandboxConfig(
+            rate_limit_rps=group.rate_limit_rps,
+            access_ttl=group.access_ttl_seconds,
+            refresh_ttl=group.refresh_ttl_seconds,
+            code_ttl=group.code_ttl_seconds,
+        ),
+        clock=Clock(scale=group.time_scale),
+    )
+    made = seed_demo(
+        box, subdomain=group.demo_subdomain, redirect_uri=f"{service_url}/amocrm/callback"
+    )
+    made.integration.disconnect_url = f"{service_url}/amocrm/uninstall"
+    wired = demo_settings(
+        settings,
+        service_url=service_url,
+        sandbox_url=sandbox_url,
+        client_id=made.integration.client_id,
+        client_secret=made.integration.client_secret,
+    )
+    services = Services.build(wired)
+    service_app = create_app(wired, services=services)
+    add_demo_routes(service_app, services)
+    servers = [
+        uvicorn.Server(
+            uvicorn.Config(
+                create_sandbox_app(sandbox=box),
+                host=host,
+                port=sandbox_port,
+                log_config=None,
+                access_log=False,
+            )
+        ),
+        uvicorn.Server(
+            uvicorn.Config(
+                service_app,
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=False,
+                proxy_headers=True,
+            )
+        ),
+    ]
+    echo = typer.echo
+    echo(f"amobridge {__version__} — service and sandbox amoCRM")
+    echo(f"  service:   {service_url}   (API docs: {service_url}/docs, health: /healthz)")
+    echo(f"  sandbox:   {sandbox_url}   (a local amoCRM; control API: /_sandbox/health)")
+    echo(f"  account:   {made.account.host} (id {made.account.id})")
+    echo(f"  database:  {wired.database.url}")
+    echo("")
+    echo(f"Connect the demo owner {DEMO_OWNER!r}: open in a browser")
+    echo(f"  {service_url}/demo/connect          (redirect flow)")
+    echo(f"  {service_url}/demo/button           (amoCRM's website button)")
+    echo(f"  {service_url}/demo/status           (its connection status)")
+    echo("(/demo/* exist only in `amobridge demo`; the sandbox lives in memory.)")
+    try:
+        await asyncio.gather(*(server.serve() for server in servers))
+    finally:
+        await box.aclose()
