@@ -145,8 +145,11 @@ def _to_models(value: object) -> list[Any]:
 
 
 def _to_ids(value: object) -> list[int]:
-    """``linked_leads_id[123][ID]=123`` (captures), ``[0]=123``, ``"1,2"`` or a list → ``[123]``."""
-    ids: list[int] = []
+    """``linked_leads_id[123][ID]=123`` (captures), ``[0]=123``, ``"1,2"`` or a list → ``[123]``.
+
+    A set in amoCRM's terms, so sorted: the order fields arrive in carries no meaning.
+    """
+    ids: set[int] = set()
     if isinstance(value, str):
         candidates: list[tuple[object, object]] = [(part, None) for part in value.split(",")]
     elif isinstance(value, Mapping):
@@ -161,9 +164,9 @@ def _to_ids(value: object) -> list[int]:
         number = _to_int(item)
         if number is None and key is not None:
             number = _to_int(key)
-        if number is not None and number not in ids:
-            ids.append(number)
-    return ids
+        if number is not None:
+            ids.add(number)
+    return sorted(ids)
 
 
 WebhookInt = Annotated[int | None, BeforeValidator(_to_int)]
