@@ -8,7 +8,9 @@ the grants, the limiter, the fault rules and the webhook dispatcher.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -148,6 +150,14 @@ def create_sandbox_app(
         config, clock=clock, signing_key=signing_key, outbound_transport=outbound_transport
     )
     handlers: dict[Any, Any] = {HTTPException: _http_exception, Exception: _server_error}
-    app = Starlette(routes=[RouteIndex(_routes())], exception_handlers=handlers)
+    box = sandbox
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # Only real servers send lifespan events; in-process tests close the sandbox themselves.
+        yield
+        await box.aclose()
+
+    app = Starlette(routes=[RouteIndex(_routes())], exception_handlers=handlers, lifespan=lifespan)
     app.state.sandbox = sandbox
     return app
