@@ -35,8 +35,8 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
+from amobridge.amo.errors import AmoError
 from amobridge.amo.phones import normalize_email, normalize_phone
-from amobridge.errors import AmobridgeError
 
 __all__ = [
     "BaseWebhookEvent",
@@ -75,7 +75,7 @@ Tree: TypeAlias = dict[str, Any]  # values: str (a leaf) or Tree
 EventEntity = Literal["leads", "contacts", "companies", "other"]
 
 
-class WebhookParseError(AmobridgeError, ValueError):
+class WebhookParseError(AmoError, ValueError):
     """The body is not an amoCRM webhook at all (empty, not form-encoded text, or too large).
 
     Answer such a request 400 and do not retry it: amoCRM resends only on a non-2xx reply, and the

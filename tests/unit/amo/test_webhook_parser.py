@@ -6,6 +6,7 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
+from amobridge.amo.errors import AmoError
 from amobridge.amo.webhooks import (
     MAX_FIELDS,
     MAX_KEY_DEPTH,
@@ -19,7 +20,6 @@ from amobridge.amo.webhooks import (
     WebhookTag,
     parse_webhook,
 )
-from amobridge.errors import AmobridgeError
 
 # The §8.2 example, as it is on the wire: %-encoded keys, UTF-8 values.
 SPEC_EXAMPLE = (
@@ -545,8 +545,8 @@ def test_too_large_is_a_parse_error() -> None:
         parse_webhook(b"leads[add][0][name]=" + b"x" * (4 * 1024 * 1024))
 
 
-def test_parse_error_is_an_amobridge_value_error() -> None:
-    assert issubclass(WebhookParseError, AmobridgeError)
+def test_parse_error_is_an_amo_value_error() -> None:
+    assert issubclass(WebhookParseError, AmoError)
     assert issubclass(WebhookParseError, ValueError)
 
 
