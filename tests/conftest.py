@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -13,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from amobridge.sandbox import Clock, Sandbox, SandboxConfig, create_sandbox_app
 from amobridge.sandbox.tokens import generate_signing_key
+from sandbox_support import Connected, connect
 
 SANDBOX_URL = "http://sandbox.test"
 
@@ -53,61 +53,6 @@ async def control(sandbox_app: Any) -> AsyncIterator[httpx.AsyncClient]:
         transport=httpx.ASGITransport(app=sandbox_app), base_url=SANDBOX_URL
     ) as client:
         yield client
-
-
-@dataclass
-class Connected:
-    """An account with an installed integration and a fresh token pair."""
-
-    account: dict[str, Any]
-    integration: dict[str, Any]
-    tokens: dict[str, Any]
-    api: httpx.AsyncClient  # base_url https://{host}, Bearer set
-
-    @property
-    def account_id(self) -> int:
-        return int(self.account["id"])
-
-    @property
-    def host(self) -> str:
-        return str(self.account["host"])
-
-
-async def connect(
-    control: httpx.AsyncClient, sandbox_app: Any, subdomain: str = "acme", **account: Any
-) -> Connected:
-    acc = (
-        await control.post("/_sandbox/accounts", json={"subdomain": subdomain, **account})
-    ).json()
-    integ = (
-        await control.post(
-            "/_sandbox/integrations",
-            json={"name": "test", "redirect_uri": "https://app.example/callback"},
-        )
-    ).json()
-    code = (
-        await control.post(
-            "/_sandbox/authorize",
-            json={"client_id": integ["client_id"], "account_id": acc["id"], "state": "s"},
-        )
-    ).json()["code"]
-    api = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=sandbox_app), base_url=f"https://{acc['host']}"
-    )
-    reply = await api.post(
-        "/oauth2/access_token",
-        json={
-            "client_id": integ["client_id"],
-            "client_secret": integ["client_secret"],
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": integ["redirect_uri"],
-        },
-    )
-    assert reply.status_code == 200, reply.text
-    tokens = reply.json()
-    api.headers["Authorization"] = f"Bearer {tokens['access_token']}"
-    return Connected(acc, integ, tokens, api)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from amobridge.amo.models import (
     phone_field,
 )
 from amobridge.amo.ratelimit import InMemoryRateLimiter
-from conftest import Connected
+from sandbox_support import Connected
 
 
 @pytest.fixture

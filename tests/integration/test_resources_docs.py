@@ -14,7 +14,7 @@ import pytest
 from amobridge.amo.auth import StaticTokenProvider
 from amobridge.amo.client import AmoClient
 from amobridge.amo.ratelimit import InMemoryRateLimiter
-from conftest import Connected
+from sandbox_support import Connected
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "sdk-resources.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.DOTALL)

@@ -26,7 +26,7 @@ from amobridge.amo.models import (
 )
 from amobridge.amo.ratelimit import InMemoryRateLimiter
 from amobridge.amo.resources import AmoLookupError
-from conftest import Connected
+from sandbox_support import Connected
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from amobridge.sandbox import Sandbox
-from conftest import Connected
+from sandbox_support import Connected
 
 
 async def add_leads(api: httpx.AsyncClient, items: list[dict[str, Any]]) -> list[int]:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from amobridge.sandbox.tokens import fingerprint
-from conftest import Connected, connect
+from sandbox_support import Connected, connect
 
 PATH = "/oauth2/account/current/subdomain"
 

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from amobridge.sandbox import Clock, Sandbox, SandboxConfig
-from conftest import connect
+from sandbox_support import connect
 
 DISCONNECT_URL = "https://shop.example/amocrm/disconnect?key=k1"
 
