@@ -93,22 +93,42 @@ def phones_match(a: str | None, b: str | None, default_region: str = "RU") -> bo
 def phone_search_terms(raw: str, default_region: str = "RU") -> list[str]:
     """Strings to pass as amoCRM's ``query`` when searching contacts by ``raw``, best first.
 
-    amoCRM's matching of phones is undocumented (amocrm-api.md §5.2), so a finder tries a few
-    forms and then filters the contacts it gets back by :func:`phones_match`: the national number's
-    digits (``"9123456789"``, a substring of most ways to write it without separators), the input
-    as typed, and the E.164 form with and without ``+``. Empty when ``raw`` is not a phone number.
+    amoCRM's matching of phones is undocumented (amocrm-api.md §5.2) and a phone is stored as it
+    was typed, so a finder tries the forms a stored value most likely contains and then keeps only
+    the contacts whose phones :func:`phones_match`:
+
+    - the national number's digits, ``"9123456789"`` (in "89123456789", "+79123456789", …);
+    - the national format without the trunk prefix, ``"(912) 345-67-89"`` (in "+7 (912) 345-67-89",
+      "8 (912) 345-67-89");
+    - the international format without the country code, ``"912 345-67-89"``, and the same with
+      spaces, ``"912 345 67 89"`` (in "+7 912 345-67-89", "8 912 345 67 89");
+    - the input as typed, and E.164 (``"+79123456789"``).
+
+    Empty when ``raw`` is not a phone number.
     """
     e164 = normalize_phone(raw, default_region)
     if e164 is None:
         return []
     number = phonenumbers.parse(e164, None)
+    national = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
+    region = phonenumbers.region_code_for_number(number)
+    trunk = phonenumbers.ndd_prefix_for_region(region, True) if region else None
+    if trunk and national.startswith(trunk + " "):
+        national = national[len(trunk) + 1 :]
+    international = (
+        phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+        .removeprefix(f"+{number.country_code}")
+        .strip()
+    )
     terms = [
         str(phonenumbers.national_significant_number(number)),
+        national,
+        international,
+        international.replace("-", " "),
         raw.strip(),
         e164,
-        e164.removeprefix("+"),
     ]
-    return list(dict.fromkeys(terms))
+    return [term for term in dict.fromkeys(terms) if term]
 
 
 def normalize_email(raw: str | None) -> str | None:

@@ -94,16 +94,35 @@ def test_phones_match() -> None:
     assert not phones_match("89123456789", "")
 
 
-def test_search_terms_start_with_national_digits() -> None:
-    assert phone_search_terms("+7 (912) 345-67-89") == [
+def test_search_terms_cover_the_usual_renderings() -> None:
+    assert phone_search_terms("8 912 345 67 89") == [
         "9123456789",
-        "+7 (912) 345-67-89",
+        "(912) 345-67-89",
+        "912 345-67-89",
+        "912 345 67 89",
+        "8 912 345 67 89",
         "+79123456789",
-        "79123456789",
     ]
     # duplicates collapse, order kept
-    assert phone_search_terms("79123456789") == ["9123456789", "79123456789", "+79123456789"]
+    assert phone_search_terms("+79123456789")[-1] == "+79123456789"
+    assert len(set(phone_search_terms("+79123456789"))) == len(phone_search_terms("+79123456789"))
+    assert phone_search_terms("+380 44 123 4567")[:3] == [
+        "441234567",
+        "044 123 4567",
+        "44 123 4567",
+    ]
     assert phone_search_terms("garbage") == []
+
+
+@pytest.mark.parametrize(
+    "stored",
+    ["+7 (912) 345-67-89", "8 (912) 345-67-89", "89123456789", "+79123456789", "8 912 345 67 89",
+     "+7 912 345-67-89", "7 912 345 67 89", "9123456789"],
+)  # fmt: skip
+def test_some_term_is_a_substring_of_each_usual_rendering(stored: str) -> None:
+    """What a substring search (the sandbox's, §5.2) needs to find a phone however it was typed."""
+    for typed in ("89123456789", "+7 (912) 345-67-89", "7 912 3456789"):
+        assert any(term in stored for term in phone_search_terms(typed))
 
 
 @pytest.mark.parametrize(
