@@ -102,7 +102,9 @@ def phone_search_terms(raw: str, default_region: str = "RU") -> list[str]:
       "8 (912) 345-67-89");
     - the international format without the country code, ``"912 345-67-89"``, and the same with
       spaces, ``"912 345 67 89"`` (in "+7 912 345-67-89", "8 912 345 67 89");
-    - the input as typed, and E.164 (``"+79123456789"``).
+    - the last seven digits grouped as across the former USSR, ``"345-67-89"`` (in
+      "+380 (44) 345-67-89", "8-912-345-67-89");
+    - the input as typed (which covers E.164 when that is how it came).
 
     Empty when ``raw`` is not a phone number.
     """
@@ -120,14 +122,9 @@ def phone_search_terms(raw: str, default_region: str = "RU") -> list[str]:
         .removeprefix(f"+{number.country_code}")
         .strip()
     )
-    terms = [
-        str(phonenumbers.national_significant_number(number)),
-        national,
-        international,
-        international.replace("-", " "),
-        raw.strip(),
-        e164,
-    ]
+    digits = str(phonenumbers.national_significant_number(number))
+    tail = f"{digits[-7:-4]}-{digits[-4:-2]}-{digits[-2:]}" if len(digits) >= 9 else ""
+    terms = [digits, national, international, international.replace("-", " "), tail, raw.strip()]
     return [term for term in dict.fromkeys(terms) if term]
 
 
