@@ -31,6 +31,7 @@ from amobridge.sandbox.api.validate import (
     body_array,
     parse_item,
     read_body,
+    reported,
     request_id_of,
     single_object,
 )
@@ -171,6 +172,8 @@ def entity_routes(spec: EntitySpec) -> list[BaseRoute]:
             check = writer.problems.item(request_id_of(raw, index))
             item = parse_item(model, raw, check)
             if item is None:
+                continue
+            if item.id is None and reported(raw, "id", check):
                 continue
             target = writer.find_target(entity_type, item.id, check)
             if target is not None:

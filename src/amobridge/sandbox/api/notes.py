@@ -34,6 +34,7 @@ from amobridge.sandbox.api.validate import (
     body_array,
     parse_item,
     read_body,
+    reported,
     request_id_of,
 )
 from amobridge.sandbox.events import EntityChange
@@ -91,7 +92,8 @@ def add_notes(
         if target is None:
             target = item.entity_id
             if target is None:
-                check.missing("entity_id")
+                if not reported(raw, "entity_id", check):
+                    check.missing("entity_id")
                 continue
         elif item.entity_id is not None and item.entity_id != entity_id:
             check.error(EXTRA_FIELDS, "entity_id", "This field was not expected.")

@@ -149,15 +149,34 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def parse_item(model: type[M], item: Any, check: Checker) -> M | None:
-    """Validate one body item against ``model``; report violations through ``check``."""
+    """Validate one body item against ``model``; report violations through ``check``.
+
+    Like amoCRM, which reports type errors and reference errors together, a malformed item still
+    yields a model of its well-formed fields (top-level fields with errors are left out), so the
+    caller can check references too; ``check.failed`` is then set and nothing may be written.
+    None when the item is not an object at all.
+    """
     try:
         return model.model_validate(item)
     except ValidationError as exc:
+        bad: set[str] = set()
         for error in exc.errors(include_url=False, include_input=False):
             code, detail = _amo_error(error)
-            path = ".".join(str(part) for part in error["loc"])
-            check.error(code, path, detail)
+            loc = error["loc"]
+            check.error(code, ".".join(str(part) for part in loc), detail)
+            if loc and isinstance(loc[0], str):
+                bad.add(loc[0])
+    if not isinstance(item, dict) or not bad:
         return None
+    try:
+        return model.model_validate({k: v for k, v in item.items() if k not in bad})
+    except ValidationError:
+        return None  # a required field was the malformed one
+
+
+def reported(item: Any, name: str, check: Checker) -> bool:
+    """Whether ``name`` was sent but already reported as malformed (so it is not "missing")."""
+    return check.failed and isinstance(item, dict) and item.get(name) is not None
 
 
 def _amo_error(error: Any) -> tuple[str, str]:
