@@ -114,6 +114,10 @@ def _to_str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _to_dict(value: object) -> dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
 def _index_keys(node: Mapping[str, Any]) -> list[str]:
     """The keys of an index node (``{"1": …, "0": …}``) in index order; non-numeric keys last."""
     numeric = sorted(
@@ -380,8 +384,18 @@ class NoteEvent(BaseWebhookEvent):
     updated_at: WebhookInt = None
     date_create: WebhookInt = None
     last_modified: WebhookInt = None
+    # Type-specific content, e.g. ``params[text]`` of a common note, ``params[phone]`` of a call.
+    params: Annotated[dict[str, Any], BeforeValidator(_to_dict)] = Field(default_factory=dict)
 
     _dedup_fields: ClassVar[dict[str, tuple[str, ...]]] = {"note": ("element_id",)}
+
+    @property
+    def note_text(self) -> str | None:
+        """The note's text: ``text``, else ``params[text]`` (API v4 notes keep it there)."""
+        if self.text:
+            return self.text
+        text = self.params.get("text")
+        return text if isinstance(text, str) else None
 
 
 class OtherEvent(BaseWebhookEvent):

@@ -5,7 +5,7 @@ tests/integration/test_finders_sandbox.py."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -94,7 +94,7 @@ class FakeAmo:
         return {"_page": page, "_links": links, "_embedded": {path: chunk}}
 
 
-def phone_contact(id: int, phone: str, lead_ids: list[int] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+def phone_contact(id: int, phone: str, lead_ids: Sequence[int] = ()) -> dict[str, Any]:
     return {
         "id": id,
         "name": f"c{id}",

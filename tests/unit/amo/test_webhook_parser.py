@@ -557,3 +557,21 @@ def test_events_serialise_with_their_unknown_fields() -> None:
     dumped = payload.model_dump(mode="json")
     assert dumped["events"][0]["is_price_computed"] == "0"
     assert dumped["events"][0]["entity"] == "leads"
+
+
+def test_note_text_from_params() -> None:
+    """API v4 notes keep their text in params[text] (the sandbox sends them so)."""
+    first, second, third = parse_webhook(
+        form(
+            ("leads[note][0][note][id]", "1"),
+            ("leads[note][0][note][params][text]", "Перезвонить"),
+            ("leads[note][1][note][id]", "2"),
+            ("leads[note][1][note][text]", "top-level"),
+            ("leads[note][1][note][params][text]", "params"),
+            ("leads[note][2][note][id]", "3"),
+            ("leads[note][2][note][params]", "not a group"),
+        )
+    ).notes
+    assert (first.note_text, first.params) == ("Перезвонить", {"text": "Перезвонить"})
+    assert second.note_text == "top-level"
+    assert (third.note_text, third.params) == (None, {})
