@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from amobridge.sandbox import Clock, Sandbox, SandboxConfig, create_sandbox_app
 from amobridge.sandbox.events import EntityChange
 from amobridge.sandbox.state import Account
-from conftest import Connected
+from sandbox_support import Connected
 
 
 class Recorder:
