@@ -160,7 +160,6 @@ class Writer:
         check: Checker,
         *,
         target: Any = None,
-        link_embedded: bool = True,
     ) -> Plan:
         """Check ``item`` against the account (violations go to ``check``)."""
         plan = Plan(entity_type, item, check.request_id, target)
@@ -172,10 +171,9 @@ class Writer:
             )
         if isinstance(item, LeadFieldsIn):
             self._check_status(plan, item, check)
-        if isinstance(item, LeadIn):
-            if link_embedded and item.embedded is not None:
-                self._check_links(plan, item.embedded.contacts, item.embedded.companies, check)
-        elif isinstance(item, ContactIn) and link_embedded and item.embedded is not None:
+        if isinstance(item, LeadIn) and item.embedded is not None:
+            self._check_links(plan, item.embedded.contacts, item.embedded.companies, check)
+        elif isinstance(item, ContactIn) and item.embedded is not None:
             self._check_links(plan, None, item.embedded.companies, check)
         return plan
 
