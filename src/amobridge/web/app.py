@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from amobridge import __version__
 from amobridge.connect.clients import ConnectionClients
@@ -149,6 +150,28 @@ class Services:
         self.started = False
 
 
+class RootPathMiddleware:
+    """Serve under a proxy prefix (seed 000's ``/api``) as ASGI servers do for ``--root-path``:
+    ``scope["root_path"]`` is the prefix and ``scope["path"]`` carries it too, whether or not the
+    proxy stripped it. (FastAPI's own ``root_path`` argument is deprecated and set only the
+    former, so trailing-slash redirects and ``request.url`` lost the prefix: a 307 to
+    ``/amocrm/status`` that nginx answers with 404.)"""
+
+    def __init__(self, app: ASGIApp, root_path: str) -> None:
+        self.app = app
+        self.root_path = root_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            root, path = self.root_path, scope["path"]
+            scope = dict(scope, root_path=root)
+            if path != root and not path.startswith(root + "/"):
+                scope["path"] = root + path
+                if scope.get("raw_path") is not None:
+                    scope["raw_path"] = root.encode() + scope["raw_path"]
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
     services = services or Services.build(settings)
 
@@ -163,11 +186,13 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app = FastAPI(
         title="amobridge",
         version=__version__,
-        root_path=settings.server.root_path,
         lifespan=lifespan,
         description="Connects business backends to amoCRM / Kommo and keeps them connected.",
     )
     app.state.services = services
+    root_path = settings.server.root_path.strip().rstrip("/")
+    if root_path:
+        app.add_middleware(RootPathMiddleware, root_path="/" + root_path.lstrip("/"))
     install_error_handlers(app)
 
     from amobridge.connect.router import router as connect_router
