@@ -25,14 +25,11 @@ from acceptance_support import (
     ServiceProcess,
     free_port,
     query_of,
-    require_chromium,
     require_nginx,
     run_nginx,
     run_sandbox,
     run_service,
 )
-
-pytestmark = pytest.mark.browser
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "deploy-nginx.md"
 STYLES = ("proxy_pass", "rewrite")
@@ -106,7 +103,6 @@ class Edge:
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     require_nginx()
-    require_chromium()
     root = tmp_path_factory.mktemp("nginx")
     nginx_port, service_port = free_port(), free_port()
     with (
@@ -135,6 +131,7 @@ def edge(request: pytest.FixtureRequest, backend: Backend) -> Iterator[Edge]:
         yield Edge(style, nginx, backend)
 
 
+@pytest.mark.browser
 def test_redirect_flow_through_the_prefix(page: Any, edge: Edge) -> None:
     owner = edge.owner("redirect")
     token = edge.service.user_token(owner)
@@ -154,6 +151,7 @@ def test_redirect_flow_through_the_prefix(page: Any, edge: Edge) -> None:
     assert '"GET /api/amocrm/callback?code=' in log
 
 
+@pytest.mark.browser
 def test_website_button_through_the_prefix(page: Any, edge: Edge) -> None:
     owner = edge.owner("button")
     page.goto(f"{edge.api}/amocrm/connect?" + urlencode({"token": edge.service.user_token(owner)}))
