@@ -420,9 +420,10 @@ async def _post_token_endpoint(
     shown_url = f"https://{host}{TOKEN_PATH}"
     headers["Accept"] = "application/json"
     attempts = 0
-    started = time.monotonic()
+    spent = 0.0
     while True:
         attempts += 1
+        started = time.monotonic()
         hint: float | None = None
         failure: AmoError
         try:
@@ -482,7 +483,8 @@ async def _post_token_endpoint(
                 )
         if hint is not None and hint > retry.max_retry_after:
             raise failure
-        wait = retry.next_wait(attempts=attempts, spent=time.monotonic() - started, hint=hint)
+        spent += time.monotonic() - started
+        wait = retry.next_wait(attempts=attempts, spent=spent, hint=hint)
         if wait is None:
             raise failure
         log.warning(
@@ -493,6 +495,7 @@ async def _post_token_endpoint(
             wait,
         )
         await retry.wait(wait)
+        spent += wait
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -25,6 +25,7 @@ from typing import Protocol, runtime_checkable
 
 DEFAULT_RATE = 7
 DEFAULT_MARGIN = 0.05
+_EPSILON = 1e-6
 
 
 @runtime_checkable
@@ -93,7 +94,9 @@ class InMemoryRateLimiter:
                     await self._sleep(state.paused_until - now)
                     continue
                 grants = state.grants
-                while len(grants) >= self.rate and now - grants[0] >= self._window:
+                # _EPSILON: a wait computed as ``grants[0] + window - now`` can land a rounding
+                # error short of the window; without it a fake clock could spin forever.
+                while len(grants) >= self.rate and now - grants[0] >= self._window - _EPSILON:
                     grants.popleft()
                 if len(grants) < self.rate:
                     grants.append(now)
