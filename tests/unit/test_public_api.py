@@ -88,6 +88,7 @@ EXPECTED = [
     "Tag",
     "TagCreate",
     "TagRef",
+    "TokenMaskingFilter",
     "TokenProvider",
     "TokenSet",
     "TokenStore",

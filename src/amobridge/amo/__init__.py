@@ -12,6 +12,7 @@ Usable alone (``from amobridge.amo import AmoClient``); it never reads the servi
 See docs/sdk.md.
 """
 
+from amobridge.amo._logging import TokenMaskingFilter
 from amobridge.amo._requester import (
     Requester,
     RetryMode,
@@ -226,6 +227,7 @@ __all__ = [
     "Tag",
     "TagCreate",
     "TagRef",
+    "TokenMaskingFilter",
     "TokenProvider",
     "TokenSet",
     "TokenStore",
