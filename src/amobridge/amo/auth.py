@@ -254,7 +254,7 @@ class JsonFileTokenStore:
             return None
         try:
             return TokenSet.from_dict(item)
-        except ValueError:
+        except (ValueError, TypeError):  # a damaged entry reads as "no tokens": connect again
             return None
 
     async def save(self, key: str, tokens: TokenSet) -> None:
