@@ -1,0 +1,530 @@
+"""Helpers of issue 5's invariant proofs: real processes, and the full flows the secret scans run.
+
+- :func:`spawn` starts a program (``python -m amobridge sandbox`` / ``serve``) in its own working
+  directory with a clean environment, waits for its health URL under a deadline, and
+  :meth:`Proc.kill` ends it with SIGKILL (a crash: no shutdown code runs).
+- :func:`run_sandbox`: the sandbox amoCRM as a real HTTP server, rate limiting off.
+- :func:`run_workers` starts *refresh worker* processes: each builds the service's
+  :class:`Services` on the shared database, waits at a barrier until all are ready, fires
+  ``calls`` concurrent ``account.get()`` through ``services.clients.client(connection)`` and
+  reports how many succeeded.
+- :func:`full_flows`: every connect flow of the in-process ``stack`` (redirect, website button,
+  refresh, re-auth, long-lived import, exchange-code, disconnect, uninstall, errors), and
+  :func:`sandbox_secrets`: every token and secret the sandbox issued, to search for afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+START_DEADLINE = 30.0
+"""Seconds a process gets to answer its health URL (migrations included)."""
+STOP_DEADLINE = 10.0
+SERVICE_URL = "http://service.test"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    """This process's environment without any ``AMOBRIDGE_*`` name, plus ``values``."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("AMOBRIDGE_")}
+    env.update(values)
+    return env
+
+
+def amobridge(*args: str) -> list[str]:
+    return [sys.executable, "-m", "amobridge", *args]
+
+
+@dataclass
+class Proc:
+    """A child process with its output in a log file. :meth:`stop` and :meth:`kill` end it (and
+    only it)."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to flush, commit or clean up."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(timeout=STOP_DEADLINE)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=STOP_DEADLINE)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def spawn(
+    name: str, argv: list[str], *, env: Mapping[str, str], workdir: Path, ready_url: str
+) -> Proc:
+    """Start ``argv`` and poll ``ready_url`` until it answers 200 (or fail with its log)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / f"{name}.log"
+    with log_path.open("ab") as log:
+        popen = subprocess.Popen(  # noqa: S603 - our own program, argv built here
+            argv, env=dict(env), cwd=workdir, stdout=log, stderr=subprocess.STDOUT
+        )
+    proc = Proc(name, popen, log_path)
+    deadline = time.monotonic() + START_DEADLINE
+    with httpx.Client(timeout=2.0) as http:
+        while True:
+            if popen.poll() is not None:
+                raise RuntimeError(f"{name} exited with {popen.returncode}:\n{proc.tail()}")
+            with contextlib.suppress(httpx.TransportError):
+                if http.get(ready_url).status_code == 200:
+                    return proc
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{name} did not answer {ready_url} in time:\n{proc.tail()}")
+            time.sleep(0.05)  # polling interval while the port opens, under a deadline
+
+
+# --- the sandbox as a real server ----------------------------------------------------------------
+
+
+@dataclass
+class SandboxServer:
+    url: str
+    proc: Proc
+    control: httpx.Client
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        reply = self.control.post(path, json=body)
+        assert reply.status_code in (200, 201), reply.text
+        return reply.json()
+
+    def create_account(self, subdomain: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.post("/_sandbox/accounts", {"subdomain": subdomain})
+        return found
+
+    def create_integration(self, redirect_uri: str, **extra: Any) -> dict[str, Any]:
+        body = {"name": "amobridge proofs", "redirect_uri": redirect_uri, **extra}
+        found: dict[str, Any] = self.post("/_sandbox/integrations", body)
+        return found
+
+    def consent(self, client_id: str, account_id: int, state: str | None = None) -> dict[str, Any]:
+        """The user's Allow, without a browser: ``{code, redirect_url, referer}``."""
+        body: dict[str, Any] = {"client_id": client_id, "account_id": account_id}
+        if state is not None:
+            body["state"] = state
+        found: dict[str, Any] = self.post("/_sandbox/authorize", body)
+        return found
+
+    def expire_tokens(self, account_id: int) -> int:
+        expired: int = self.post("/_sandbox/tokens/expire", {"account_id": account_id})["expired"]
+        return expired
+
+    def requests(self, account_id: int, path_prefix: str | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"account_id": account_id}
+        if path_prefix:
+            params["path_prefix"] = path_prefix
+        reply = self.control.get("/_sandbox/requests", params=params)
+        assert reply.status_code == 200, reply.text
+        found: list[dict[str, Any]] = reply.json()
+        return found
+
+    def refreshes(self, account_id: int) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in self.requests(account_id, "/oauth2/access_token")
+            if r["grant_type"] == "refresh_token"
+        ]
+
+
+@contextlib.contextmanager
+def run_sandbox(workdir: Path) -> Iterator[SandboxServer]:
+    """``amobridge sandbox`` on a free port, its rate limiter off (the proofs count requests)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = spawn(
+        "sandbox",
+        amobridge("sandbox", "--host", "127.0.0.1", "--port", str(port)),
+        env=clean_env(
+            AMOBRIDGE_ENVIRONMENT="test",
+            AMOBRIDGE_LOG_LEVEL="WARNING",
+            AMOBRIDGE_SANDBOX__RATE_LIMIT_ENABLED="false",
+        ),
+        workdir=workdir,
+        ready_url=f"{url}/_sandbox/health",
+    )
+    try:
+        with httpx.Client(base_url=url, timeout=30.0) as control:
+            config = control.patch("/_sandbox/config", json={"rate_limit_enabled": False})
+            assert config.status_code == 200, config.text
+            yield SandboxServer(url, proc, control)
+    finally:
+        proc.stop()
+
+
+# --- service settings shared by the test process and the workers ---------------------------------
+
+
+def service_settings(
+    database_url: str,
+    secret_keys: list[str],
+    *,
+    sandbox_url: str,
+    client_id: str,
+    client_secret: str,
+) -> Any:
+    """Settings of a service process talking to the sandbox server at ``sandbox_url``."""
+    from amobridge.settings import Settings
+
+    return Settings(
+        environment="test",
+        database={"url": database_url},
+        security={"secret_keys": secret_keys},
+        server={"public_url": SERVICE_URL, "run_workers": False},
+        amo={
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "api_base_url": sandbox_url,
+            "authorize_url": f"{sandbox_url}/oauth",
+        },
+    )
+
+
+@dataclass
+class WorkerResult:
+    ok: int
+    errors: list[str]
+
+
+_context: Any = None
+
+
+def worker_context() -> Any:
+    """Worker processes come from a *forkserver* that imported the service once: each worker is
+    a fresh process (own event loop, database connections, lease holder id), without paying the
+    seconds of importing FastAPI, SQLAlchemy and the SDK again."""
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        _context.set_forkserver_preload(["amobridge.web.app", __name__])
+    return _context
+
+
+async def run_workers(
+    config: dict[str, Any], *, processes: int, deadline: float = 60.0
+) -> list[WorkerResult]:
+    """Start ``processes`` refresh workers, wait until every one is ready (Services built,
+    connection loaded), release them together and gather their outcomes."""
+    ctx = worker_context()
+    barrier = ctx.Barrier(processes + 1)
+    outcomes = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=refresh_worker, args=(config, barrier, outcomes), name=f"refresh-worker-{i}"
+        )
+        for i in range(processes)
+    ]
+    try:
+        for proc in procs:
+            await asyncio.to_thread(proc.start)
+        try:
+            await asyncio.to_thread(barrier.wait, deadline)  # all ready: released at once
+        except threading.BrokenBarrierError:
+            failure = await asyncio.to_thread(outcomes.get, True, 5.0)
+            raise AssertionError(f"a worker failed before the start:\n{failure}") from None
+        results = []
+        for _ in procs:
+            outcome = await asyncio.to_thread(outcomes.get, True, deadline)
+            assert "failure" not in outcome, outcome["failure"]
+            results.append(WorkerResult(outcome["ok"], outcome["errors"]))
+        for proc in procs:
+            await asyncio.to_thread(proc.join, STOP_DEADLINE)
+            assert proc.exitcode == 0, f"{proc.name} exited with {proc.exitcode}"
+        return results
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(STOP_DEADLINE)
+        outcomes.close()
+        outcomes.join_thread()
+
+
+def refresh_worker(config: dict[str, Any], barrier: Any, outcomes: Any) -> None:
+    """A worker process: see :func:`run_workers`."""
+    try:
+        outcome = asyncio.run(_refresh_worker(config, barrier))
+    except BaseException:
+        barrier.abort()
+        outcome = {"failure": traceback.format_exc()}
+    outcomes.put(outcome)
+    outcomes.close()
+    outcomes.join_thread()
+
+
+async def _refresh_worker(config: dict[str, Any], barrier: Any) -> dict[str, Any]:
+    from amobridge.amo.ratelimit import InMemoryRateLimiter
+    from amobridge.web.app import Services
+
+    settings = service_settings(
+        config["database_url"],
+        config["secret_keys"],
+        sandbox_url=config["sandbox_url"],
+        client_id=config["client_id"],
+        client_secret=config["client_secret"],
+    )
+    services = Services.build(settings)
+    try:
+        async with services.db.transaction() as session:
+            connection = await services.connect.connections.for_owner(session, config["owner"])
+        assert connection is not None, "no connection for the owner"
+        # The SDK paces 7 requests/second per process (amoCRM's limit); the sandbox's limiter is
+        # off here, and this proof is about the refresh, so every call may start at once.
+        services.clients._limiters[connection.id] = InMemoryRateLimiter(rate=1_000_000)
+        client = await services.clients.client(connection)
+        await asyncio.to_thread(barrier.wait, 60.0)
+        results = await asyncio.gather(
+            *(client.account.get() for _ in range(config["calls"])), return_exceptions=True
+        )
+    finally:
+        await services.stop()
+    ok = sum(
+        1 for r in results if not isinstance(r, BaseException) and r.id == config["account_id"]
+    )
+    errors = sorted({f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)})
+    return {"ok": ok, "errors": errors}
+
+
+# --- full flows and what the sandbox issued (for the secret scans) -------------------------------
+
+JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+DEF502_LIKE = re.compile(r"def50[0-9a-f]{32,}", re.IGNORECASE)
+
+
+def sandbox_secrets(sandbox: Any) -> set[str]:
+    """Every token and secret the in-process sandbox ever issued: access tokens (JWTs and
+    long-lived), refresh tokens, authorization codes, integration client secrets."""
+    state = sandbox.state
+    values = set(state.access_tokens) | set(state.refresh_tokens) | set(state.codes)
+    values |= {i.client_secret for i in state.integrations.values()}
+    return {v for v in values if v}
+
+
+def needles(values: set[str]) -> set[str]:
+    """What to search for: each value, and a 24-character slice of its end (a value stored cut
+    short, or split, is still found)."""
+    found = set(values)
+    found |= {v[-28:-4] for v in values if len(v) >= 40}
+    return found
+
+
+async def full_flows(stack: Any) -> dict[str, str]:
+    """Every flow of the connections service, in-process, ending with a connection per owner.
+
+    Returns the plaintext secrets the flows handed to the service besides the sandbox's
+    (API keys, OAuth states), by name.
+    """
+    from amobridge.amo.errors import AmoReauthRequired
+
+    extra: dict[str, str] = {"admin_key": stack.admin_key, "app_key": stack.app_key}
+    control = stack.control
+    account_id = stack.account["id"]
+
+    # Redirect flow (seed 000), then a refresh of its grant.
+    assert (await stack.connect("redirect-user")).status_code == 200
+    await control.post("/_sandbox/tokens/expire", json={"account_id": account_id})
+    row = await _connection(stack, "redirect-user")
+    client = await stack.services.clients.client(row)
+    assert (await client.account.get()).id == account_id
+
+    # The states of the flows are secrets while live: remember one issued for a flow left open.
+    start = await stack.http.get(
+        "/amocrm/auth", params={"owner": "abandoned", "format": "json"}, headers=stack.app_headers()
+    )
+    extra["open_state"] = httpx.URL(start.json()["url"]).params["state"]
+
+    # Website button (seed 000/004): the sandbox POSTs the new integration's secrets first.
+    button = await _button(stack, "button-user")
+    assert button.status_code == 200, button.text
+    row = await _connection(stack, "button-user")
+    await control.post("/_sandbox/tokens/expire", json={"account_id": account_id})
+    assert (await (await stack.services.clients.client(row)).account.get()).id == account_id
+    # …and one whose secrets arrived but whose user never came back: kept (encrypted) ≤ 10 min.
+    pending = await _button_state(stack, "button-pending")
+    extra["button_state"] = pending
+    secrets = await stack.http.post(
+        "/amocrm/secrets",
+        json={
+            "client_id": "pending-integration-id",
+            "client_secret": "pending-secret-" + "7" * 40,
+            "state": pending,
+        },
+    )
+    assert secrets.status_code == 200, secrets.text
+    extra["pending_button_secret"] = "pending-secret-" + "7" * 40
+
+    # exchange-code with a user's JWT (seed 003), then the same code again (an error).
+    consent = (
+        await control.post(
+            "/_sandbox/authorize",
+            json={"client_id": stack.integration["client_id"], "account_id": account_id},
+        )
+    ).json()
+    headers = {"Authorization": f"Bearer {stack.user_token('mobile-user')}"}
+    body = {"code": consent["code"], "referer": consent["referer"]}
+    assert (await stack.http.post("/amocrm/exchange-code", json=body, headers=headers)).is_success
+    again = await stack.http.post("/amocrm/exchange-code", json=body, headers=headers)
+    assert again.status_code == 400
+
+    # Long-lived token import (admin), used for a call.
+    long_lived = (
+        await control.post(
+            "/_sandbox/long-lived-tokens",
+            json={"client_id": stack.integration["client_id"], "account_id": account_id},
+        )
+    ).json()["access_token"]
+    imported = await stack.http.post(
+        "/amocrm/tokens",
+        json={"owner": "long-lived-user", "domain": "acme", "access_token": long_lived},
+        headers=stack.admin_headers(),
+    )
+    assert imported.status_code == 201, imported.text
+    row = await _connection(stack, "long-lived-user")
+    assert (await (await stack.services.clients.client(row)).account.get()).id == account_id
+
+    # Re-auth: a grant amoCRM revoked (its refresh token spent elsewhere).
+    assert (await stack.connect("revoked-user")).status_code == 200
+    row = await _connection(stack, "revoked-user")
+    tokens = stack.services.connect.connections.tokens(row)
+    stack.sandbox.state.refresh_tokens[tokens.refresh_token].revoked = True
+    await control.post("/_sandbox/tokens/expire", json={"account_id": account_id})
+    try:
+        await (await stack.services.clients.client(row)).account.get()
+    except AmoReauthRequired:
+        pass
+    else:
+        raise AssertionError("a revoked grant must need re-authorization")
+
+    # Errors: a replayed callback, a forged state, a bad token import, a bad uninstall signature.
+    replay = await _replayed_callback(stack)
+    assert replay.status_code == 400
+    forged = await stack.http.get("/amocrm/callback", params={"code": "x", "state": "a.b"})
+    assert forged.status_code == 400
+    bad_import = await stack.http.post(
+        "/amocrm/tokens",
+        json={"owner": "x", "domain": "not a domain!", "access_token": long_lived},
+        headers=stack.admin_headers(),
+    )
+    assert bad_import.status_code == 400
+    bad_hook = await stack.http.get(
+        "/amocrm/uninstall",
+        params={
+            "account_id": account_id,
+            "client_uuid": stack.integration["client_id"],
+            "signature": "0" * 64,
+        },
+    )
+    assert bad_hook.status_code == 401
+
+    # Disconnect, and amoCRM's uninstall hook (signed by the sandbox).
+    assert (await stack.connect("leaving-user")).status_code == 200
+    gone = await stack.http.delete(
+        "/amocrm/disconnect", params={"owner": "leaving-user"}, headers=stack.app_headers()
+    )
+    assert gone.status_code == 200
+    uninstall_account = (
+        await control.post("/_sandbox/accounts", json={"subdomain": "uninstalled"})
+    ).json()
+    assert (await stack.connect("uninstalled-user", uninstall_account["id"])).status_code == 200
+    hook = await control.post(
+        f"/_sandbox/integrations/{stack.integration['client_id']}/uninstall",
+        json={"account_id": uninstall_account["id"]},
+    )
+    assert hook.status_code == 200, hook.text
+    status = await stack.http.get(
+        "/amocrm/status", params={"owner": "uninstalled-user"}, headers=stack.app_headers()
+    )
+    assert status.json()["status"] == "disconnected"
+    return extra
+
+
+async def _connection(stack: Any, owner: str) -> Any:
+    async with stack.services.db.transaction() as session:
+        row = await stack.services.connect.connections.for_owner(session, owner)
+    assert row is not None, f"no connection for {owner}"
+    return row
+
+
+async def _button_state(stack: Any, owner: str) -> str:
+    page = await stack.http.get(
+        "/amocrm/connect", params={"owner": owner}, headers=stack.app_headers()
+    )
+    assert page.status_code == 200, page.text
+    match = re.search(r'data-state="([^"]+)"', page.text)
+    assert match, "the button page carries no state"
+    return match.group(1)
+
+
+async def _button(stack: Any, owner: str) -> httpx.Response:
+    state = await _button_state(stack, owner)
+    installed = await stack.control.post(
+        "/_sandbox/button-install",
+        json={
+            "account_id": stack.account["id"],
+            "name": "amobridge button",
+            "redirect_uri": f"{SERVICE_URL}/amocrm/callback",
+            "secrets_uri": f"{SERVICE_URL}/amocrm/secrets",
+            "state": state,
+        },
+    )
+    assert installed.status_code == 201, installed.text
+    redirect = httpx.URL(installed.json()["redirect_url"])
+    reply: httpx.Response = await stack.http.get("/amocrm/callback", params=dict(redirect.params))
+    return reply
+
+
+async def _replayed_callback(stack: Any) -> httpx.Response:
+    start = await stack.http.get(
+        "/amocrm/auth", params={"owner": "replay", "format": "json"}, headers=stack.app_headers()
+    )
+    state = httpx.URL(start.json()["url"]).params["state"]
+    consent = await stack.control.post(
+        "/_sandbox/authorize",
+        json={
+            "client_id": stack.integration["client_id"],
+            "account_id": stack.account["id"],
+            "state": state,
+        },
+    )
+    params = dict(httpx.URL(consent.json()["redirect_url"]).params)
+    assert (await stack.http.get("/amocrm/callback", params=params)).status_code == 200
+    reply: httpx.Response = await stack.http.get("/amocrm/callback", params=params)
+    return reply
