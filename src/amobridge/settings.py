@@ -195,6 +195,11 @@ class AmoSettings(_Group):
         "(the sandbox: http://127.0.0.1:8010). The account host still goes in the Host header.",
     )
     rate_limit_rps: float = Field(7.0, gt=0, le=7.0)
+    rate_limit_backend: str = Field(
+        "database",
+        pattern=r"^(database|memory)$",
+        description="database: one pace for all processes sharing the database; memory: per process.",
+    )
     refresh_leeway_seconds: int = Field(300, ge=0)
     keepalive_refresh_days: int = Field(30, ge=1, le=85)
 

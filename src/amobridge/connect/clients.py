@@ -19,7 +19,7 @@ import httpx
 from amobridge.amo.auth import OAuthTokenProvider, StaticTokenProvider, TokenProvider
 from amobridge.amo.client import AmoClient
 from amobridge.amo.errors import AmoReauthRequired
-from amobridge.amo.ratelimit import InMemoryRateLimiter
+from amobridge.amo.ratelimit import InMemoryRateLimiter, RateLimitBackend
 from amobridge.amo.retry import BanBreaker
 from amobridge.connect.repository import ConnectionRepository, IntegrationRepository
 from amobridge.connect.token_store import DatabaseTokenStore
@@ -71,6 +71,7 @@ class ConnectionClients:
         transport: httpx.AsyncBaseTransport | None = None,
         base_url: str | None = None,
         rate_limit_rps: float = 7.0,
+        rate_limiter: RateLimitBackend | None = None,
         leeway: float = 300.0,
     ) -> None:
         self._db = db
@@ -86,6 +87,8 @@ class ConnectionClients:
         self._providers: dict[tuple[str, str, int], TokenProvider] = {}
         self._clients: dict[tuple[str, str, int], AmoClient] = {}
         self._limiters: dict[str, InMemoryRateLimiter] = {}
+        # Shared by every connection (keys differ); None: one in-memory limiter per connection.
+        self._shared_limiter = rate_limiter
         self._breakers: dict[str, BanBreaker] = {}
 
     def http(self) -> httpx.AsyncClient:
@@ -150,7 +153,9 @@ class ConnectionClients:
         if found is not None:
             return found
         provider = await self.provider(connection)
-        limiter = self._limiters.setdefault(connection.id, InMemoryRateLimiter(int(self._rate)))
+        limiter: RateLimitBackend = self._shared_limiter or self._limiters.setdefault(
+            connection.id, InMemoryRateLimiter(int(self._rate))
+        )
         breaker = self._breakers.setdefault(connection.host, BanBreaker())
         client = self._clients[key] = AmoClient(
             connection.host,
@@ -158,7 +163,8 @@ class ConnectionClients:
             transport=self.transport,
             base_url=self.base_url,
             rate_limiter=limiter,
-            rate_limit_key=connection.id,
+            # amoCRM counts per integration and account: owners sharing both share the pace.
+            rate_limit_key=f"{connection.integration_id or connection.id}@{connection.host}",
             ban_breaker=breaker,
         )
         return client

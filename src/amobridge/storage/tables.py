@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -187,3 +188,14 @@ class AuditEntry(Base):
         Index("ix_audit_log_at", "at"),
         Index("ix_audit_log_owner_at", "owner", "at"),
     )
+
+
+class RateLimitSlot(Base):
+    """Cross-process pacing of one connection: the times (unix seconds, possibly reserved in the
+    near future) of its latest grants, and a pause amoCRM asked for (429 ``retry_after``)."""
+
+    __tablename__ = "rate_limits"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    grants: Mapped[list[float]] = mapped_column(JSON, default=list)
+    paused_until: Mapped[float] = mapped_column(Float, default=0.0)

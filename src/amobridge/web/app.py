@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from amobridge import __version__
 from amobridge.connect.clients import ConnectionClients
+from amobridge.connect.ratelimit import DatabaseRateLimiter
 from amobridge.connect.repository import AuditLog, ConnectionRepository, IntegrationRepository
 from amobridge.connect.service import ConnectService
 from amobridge.connect.stores import ButtonSecretStore, StateSigner, StateStore
@@ -98,6 +99,11 @@ class Services:
             transport=amo_transport,
             base_url=settings.amo.api_base_url,
             rate_limit_rps=settings.amo.rate_limit_rps,
+            rate_limiter=(
+                DatabaseRateLimiter(db, max(1, int(settings.amo.rate_limit_rps)))
+                if settings.amo.rate_limit_backend == "database"
+                else None
+            ),
             leeway=float(settings.amo.refresh_leeway_seconds),
         )
         connect = ConnectService(
