@@ -11,7 +11,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from amobridge import __version__
-from amobridge.errors import ConfigurationError, ServiceError
+from amobridge.errors import AmobridgeError, ConfigurationError, ServiceError
 from amobridge.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -116,6 +116,8 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         _fail(str(exc), 2)
     except ServiceError as exc:
         _fail(exc.detail)
+    except AmobridgeError as exc:  # e.g. a stored secret no configured key decrypts
+        _fail(str(exc))
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -172,6 +174,7 @@ def keys_generate() -> None:
 @keys_app.command("rotate")
 def keys_rotate() -> None:
     """Re-encrypt every stored secret with the first key of AMOBRIDGE_SECURITY__SECRET_KEYS."""
+    from amobridge.storage.crypto import DecryptionError
     from amobridge.storage.rotate import rotate_all
     from amobridge.web.app import Services
 
@@ -182,6 +185,12 @@ def keys_rotate() -> None:
         try:
             await services.start(workers=False)
             return await rotate_all(services.db, services.keyring)
+        except DecryptionError:
+            raise ConfigurationError(
+                "a stored secret cannot be decrypted with any key in "
+                "AMOBRIDGE_SECURITY__SECRET_KEYS; nothing was changed. Put the new key first and "
+                "keep every old key after it (NEW,OLD) until the rotation has run."
+            ) from None
         finally:
             await services.stop()
 
