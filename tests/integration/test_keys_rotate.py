@@ -104,12 +104,15 @@ async def test_rotate_then_drop_the_old_key(
     try:
         async with services.db.transaction() as session:
             row = await services.connect.connections.for_owner(session, "u")
+        assert row is not None
         await stack.control.post("/_sandbox/tokens/expire", json={})
         account = await (await services.clients.client(row)).account.get()
         assert account.id == stack.account["id"]
         async with services.db.transaction() as session:
-            row = await services.connect.connections.for_owner(session, "u")
-        assert row.token_version == 2  # refreshed once
-        assert decrypts_with(key_b, row.refresh_token_enc)
+            after_refresh = await services.connect.connections.for_owner(session, "u")
+        assert after_refresh is not None
+        assert after_refresh.token_version == row.token_version + 1  # refreshed once
+        assert after_refresh.refresh_token_enc is not None
+        assert decrypts_with(key_b, after_refresh.refresh_token_enc)
     finally:
         await services.stop()
