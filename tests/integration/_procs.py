@@ -308,6 +308,7 @@ async def _refresh_worker(config: dict[str, Any], barrier: Any) -> dict[str, Any
         assert connection is not None, "no connection for the owner"
         # The SDK paces 7 requests/second per process (amoCRM's limit); the sandbox's limiter is
         # off here, and this proof is about the refresh, so every call may start at once.
+        services.clients._shared_limiter = None  # the cross-process pace is proven elsewhere
         services.clients._limiters[connection.id] = InMemoryRateLimiter(rate=1_000_000)
         client = await services.clients.client(connection)
         await asyncio.to_thread(barrier.wait, 60.0)
