@@ -148,7 +148,7 @@ def serve(
         port=port or settings.server.port,
         log_level=settings.log_level.lower(),
         proxy_headers=True,
-        forwarded_allow_ips="127.0.0.1",
+        forwarded_allow_ips=settings.server.forwarded_allow_ips,
         log_config=None,
     )
 

@@ -150,6 +150,10 @@ class ServerSettings(_Group):
         description="Path prefix a reverse proxy strips before forwarding (seed 000's /api).",
     )
     run_workers: bool = Field(True, description="Run the background workers inside `serve`.")
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Proxies whose X-Forwarded-* headers are trusted (comma-separated, or *).",
+    )
 
 
 class DatabaseSettings(_Group):
