@@ -24,6 +24,8 @@ import httpx
 import jwt
 import pytest
 from _procs import (
+    DEF502_LIKE,
+    JWT_LIKE,
     Proc,
     SandboxServer,
     amobridge,
@@ -258,3 +260,12 @@ def test_tokens_and_flows_survive_a_kill(
             200,
             401,  # the one call that found the expired token, before the refresh
         }
+
+    # What the three service processes wrote (uvicorn's access log included): the callback URLs'
+    # codes masked, no token, no secret.
+    assert svc.proc is not None
+    written = svc.proc.log()
+    assert "GET /amocrm/callback?code=def502…" in written
+    assert not JWT_LIKE.search(written)
+    assert not DEF502_LIKE.search(written)
+    assert worker["client_secret"] not in written
