@@ -11,7 +11,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from amobridge.amo._logging import TokenMaskingFilter
+from amobridge.amo._logging import TokenMaskingFilter, mask_text
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,7 +31,9 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 entry[name] = value
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            # The masking filter leaves the masked traceback in exc_text; a fresh
+            # formatException() would bring the exception's message back unmasked.
+            entry["exception"] = mask_text(record.exc_text or self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
 
 
