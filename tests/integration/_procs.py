@@ -214,6 +214,7 @@ def service_settings(
             "client_secret": client_secret,
             "api_base_url": sandbox_url,
             "authorize_url": f"{sandbox_url}/oauth",
+            "rate_limit_backend": "memory",
         },
     )
 
@@ -306,9 +307,9 @@ async def _refresh_worker(config: dict[str, Any], barrier: Any) -> dict[str, Any
         async with services.db.transaction() as session:
             connection = await services.connect.connections.for_owner(session, config["owner"])
         assert connection is not None, "no connection for the owner"
-        # The SDK paces 7 requests/second per process (amoCRM's limit); the sandbox's limiter is
-        # off here, and this proof is about the refresh, so every call may start at once.
-        services.clients._shared_limiter = None  # the cross-process pace is proven elsewhere
+        # The service paces 7 requests/second per connection (amoCRM's limit; the shared,
+        # cross-process pace is proven by test_rate_limit_shared.py). The sandbox's limiter is
+        # off here and this proof is about the refresh, so every call may start at once.
         services.clients._limiters[connection.id] = InMemoryRateLimiter(rate=1_000_000)
         client = await services.clients.client(connection)
         await asyncio.to_thread(barrier.wait, 60.0)
