@@ -166,6 +166,41 @@ async def test_seed_001_names_are_understood(
         await services.stop()
 
 
+async def test_long_lived_token_env(
+    school: Connected,
+    control: httpx.AsyncClient,
+    sandbox_app: Any,
+    database_url: str,
+    key: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seed 002's minimal setup: a subdomain and a long-lived token (§2.4), nothing to refresh."""
+    monkeypatch.chdir(tmp_path)
+    token = (
+        await control.post(
+            "/_sandbox/long-lived-tokens",
+            json={"client_id": school.integration["client_id"], "account_id": school.account_id},
+        )
+    ).json()["access_token"]
+    content = f"AMOCRM_SUBDOMAIN=onaiacademy\nAMOCRM_ACCESS_TOKEN={token}\n"
+    result = await import_env(tmp_path, database_url, key, content, owner="solo")
+    assert result.exit_code == 0, result.output
+    assert "long-lived token" in result.stdout
+    assert token not in result.output
+    services = services_for(database_url, key, sandbox_app)
+    try:
+        async with services.db.transaction() as session:
+            row = await services.connect.connections.for_owner(session, "solo")
+        assert row is not None
+        assert row.long_lived is True
+        assert row.refresh_token_enc is None
+        client = await services.clients.client(row)
+        assert (await client.account.get()).id == school.account_id
+    finally:
+        await services.stop()
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
