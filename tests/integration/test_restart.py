@@ -41,7 +41,7 @@ from amobridge.storage.crypto import generate_key
 from amobridge.storage.tables import OAuthState
 
 JWT_SECRET = "restart-test-jwt-secret-0123456789"
-EXCHANGE_DELAY = 5.0
+EXCHANGE_DELAY = 10.0
 """How long the sandbox holds the exchange the kill interrupts (the kill comes long before)."""
 
 
