@@ -51,21 +51,24 @@ def _now() -> datetime:
 
 
 class StateSigner:
-    def __init__(self, key: bytes) -> None:
-        self._key = hashlib.sha256(b"amobridge/oauth-state/" + key).digest()
+    """Signs with the first key, accepts any: a flow started before a key rotation still ends."""
+
+    def __init__(self, key: bytes, *older: bytes) -> None:
+        self._keys = [hashlib.sha256(b"amobridge/oauth-state/" + k).digest() for k in (key, *older)]
 
     def new(self) -> str:
         nonce = base64.urlsafe_b64encode(secrets.token_bytes(24)).decode().rstrip("=")
-        return f"{nonce}.{self._mac(nonce)}"
+        return f"{nonce}.{self._mac(self._keys[0], nonce)}"
 
     def valid(self, state: str) -> bool:
         nonce, dot, mac = state.partition(".")
         if not dot or not nonce or len(state) > 200:
             return False
-        return hmac.compare_digest(mac, self._mac(nonce))
+        return any(hmac.compare_digest(mac, self._mac(key, nonce)) for key in self._keys)
 
-    def _mac(self, nonce: str) -> str:
-        return hmac.new(self._key, nonce.encode(), hashlib.sha256).hexdigest()[:32]
+    @staticmethod
+    def _mac(key: bytes, nonce: str) -> str:
+        return hmac.new(key, nonce.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def state_id(state: str) -> str:

@@ -44,13 +44,21 @@ class Keyring:
                     "(32 url-safe base64 bytes; make one with `amobridge keys generate`)"
                 ) from None
         self._primary = fernets[0]
-        self._primary_key = keys[0].encode() if isinstance(keys[0], str) else keys[0]
+        self._raw_keys = [k.encode() if isinstance(k, str) else k for k in keys]
+        self._primary_key = self._raw_keys[0]
         self._multi = MultiFernet(fernets)
         self.size = len(fernets)
 
     def derived_key(self, purpose: str) -> bytes:
         """A key for ``purpose`` (e.g. MACs of OAuth states) derived from the primary key."""
         return hmac.new(self._primary_key, f"amobridge/{purpose}".encode(), hashlib.sha256).digest()
+
+    def derived_keys(self, purpose: str) -> list[bytes]:
+        """:meth:`derived_key` of every configured key, the primary first."""
+        return [
+            hmac.new(k, f"amobridge/{purpose}".encode(), hashlib.sha256).digest()
+            for k in self._raw_keys
+        ]
 
     def encrypt(self, plaintext: str) -> str:
         return self._multi.encrypt(plaintext.encode()).decode()

@@ -81,7 +81,7 @@ class Services:
         integrations = IntegrationRepository(keyring)
         store = DatabaseTokenStore(db, connections)
         ttl = timedelta(seconds=settings.security.state_ttl_seconds)
-        signer = StateSigner(keyring.derived_key("oauth-state"))
+        signer = StateSigner(*keyring.derived_keys("oauth-state"))
         holder: dict[str, ConnectService] = {}
 
         async def on_reauth(connection_id: str, error: Exception) -> None:
