@@ -16,11 +16,8 @@ import contextlib
 import hashlib
 import os
 import secrets
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +28,9 @@ import httpx
 import jwt
 import pytest
 
+import process_support
 from _services import in_ci
+from process_support import Process, SandboxServer, amobridge, clean_env, free_port, spawn
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -43,157 +42,37 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 WAIT_MS = 15_000
-START_DEADLINE = 30.0
-"""Seconds a process gets to answer its health URL (migrations included)."""
-STOP_DEADLINE = 10.0
 APP_SCHEME = "foryoure"
 """The mobile app's deep-link scheme (seed 003), allow-listed for every service started here."""
 
 
-def require_chromium() -> None:
-    """Skip locally without Debian's chromium; under CI a missing browser is a failure."""
-    if os.access(CHROMIUM, os.X_OK):
+def require_program(path: str, what: str) -> None:
+    """Skip locally without the Debian program at ``path``; under CI a missing one is a failure."""
+    if os.access(path, os.X_OK):
         return
-    message = f"Debian's chromium is needed at {CHROMIUM} (make system-deps)"
+    message = f"Debian's {what} is needed at {path} (make system-deps)"
     if in_ci():
-        pytest.fail(f"{message}; CI is set, so a missing browser is a failure, not a skip")
+        pytest.fail(f"{message}; CI is set, so a missing {what} is a failure, not a skip")
     pytest.skip(message)
 
 
-def free_port() -> int:
-    """A port nothing listens on right now (the OS picks it; the process binds it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_env(**values: str) -> dict[str, str]:
-    """This process's environment without any ``AMOBRIDGE_*`` name, plus ``values``."""
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("AMOBRIDGE_")}
-    env.update(values)
-    return env
+def require_chromium() -> None:
+    require_program(CHROMIUM, "chromium")
 
 
 def query_of(url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 
 
-# --- processes -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Process:
-    """A child process with its output in a log file; :meth:`stop` ends it (and only it)."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=STOP_DEADLINE)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=STOP_DEADLINE)
-
-
-def spawn(
-    name: str, argv: list[str], *, env: Mapping[str, str], workdir: Path, ready_url: str
-) -> Process:
-    """Start ``argv`` and poll ``ready_url`` until it answers 200 (or fail with its log)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / f"{name}.log"
-    with log_path.open("wb") as log:
-        popen = subprocess.Popen(  # noqa: S603 - our own program, argv built here
-            argv, env=dict(env), cwd=workdir, stdout=log, stderr=subprocess.STDOUT
-        )
-    process = Process(name, popen, log_path)
-    deadline = time.monotonic() + START_DEADLINE
-    with httpx.Client(timeout=2.0) as http:
-        while True:
-            if popen.poll() is not None:
-                raise RuntimeError(
-                    f"{name} exited with {popen.returncode} before it was ready:\n{process.tail()}"
-                )
-            with contextlib.suppress(httpx.TransportError):
-                if http.get(ready_url).status_code == 200:
-                    return process
-            if time.monotonic() > deadline:
-                process.stop()
-                raise RuntimeError(f"{name} did not answer {ready_url} in time:\n{process.tail()}")
-            time.sleep(0.05)  # polling interval while waiting for the port, under a deadline
-
-
-def amobridge(*args: str) -> list[str]:
-    return [sys.executable, "-m", "amobridge", *args]
-
-
 # --- the sandbox process -------------------------------------------------------------------------
 
 
-@dataclass
-class SandboxProcess:
-    url: str
-    process: Process
-    control: httpx.Client
-
-    def create_account(self, subdomain: str) -> dict[str, Any]:
-        reply = self.control.post("/_sandbox/accounts", json={"subdomain": subdomain})
-        assert reply.status_code == 201, reply.text
-        found: dict[str, Any] = reply.json()
-        return found
-
-    def create_integration(self, name: str, redirect_uri: str, **extra: Any) -> dict[str, Any]:
-        reply = self.control.post(
-            "/_sandbox/integrations", json={"name": name, "redirect_uri": redirect_uri, **extra}
-        )
-        assert reply.status_code == 201, reply.text
-        found: dict[str, Any] = reply.json()
-        return found
-
-    def outbound(self, kind: str) -> list[dict[str, Any]]:
-        reply = self.control.get("/_sandbox/outbound", params={"kind": kind})
-        assert reply.status_code == 200, reply.text
-        found: list[dict[str, Any]] = reply.json()
-        return found
-
-    def token_exchanges(self) -> list[dict[str, Any]]:
-        reply = self.control.get(
-            "/_sandbox/requests", params={"path_prefix": "/oauth2/access_token"}
-        )
-        assert reply.status_code == 200, reply.text
-        found: list[dict[str, Any]] = reply.json()
-        return found
-
-
 @contextlib.contextmanager
-def run_sandbox(workdir: Path) -> Iterator[SandboxProcess]:
-    """``amobridge sandbox`` on a free port, with one account, ``acme.amocrm.ru``."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = spawn(
-        "sandbox",
-        amobridge("sandbox", "--host", "127.0.0.1", "--port", str(port)),
-        env=clean_env(AMOBRIDGE_ENVIRONMENT="test", AMOBRIDGE_LOG_LEVEL="WARNING"),
-        workdir=workdir,
-        ready_url=f"{url}/_sandbox/health",
-    )
-    try:
-        with httpx.Client(base_url=url, timeout=10.0) as control:
-            box = SandboxProcess(url, process, control)
-            box.create_account("acme")
-            yield box
-    finally:
-        process.stop()
+def run_sandbox(workdir: Path) -> Iterator[SandboxServer]:
+    """``amobridge sandbox`` on a free port, with one account, ``acme.amocrm.ru``, and amoCRM's
+    rate limit on (as a real account has it)."""
+    with process_support.run_sandbox(workdir, rate_limit=True, accounts=["acme"]) as box:
+        yield box
 
 
 # --- the service process -------------------------------------------------------------------------
@@ -253,7 +132,7 @@ class ServiceProcess:
 
 @contextlib.contextmanager
 def run_service(
-    box: SandboxProcess,
+    box: SandboxServer,
     workdir: Path,
     *,
     public_url: str | None = None,
@@ -271,8 +150,8 @@ def run_service(
     url = f"http://127.0.0.1:{port}"
     public_url = public_url or url
     integration = box.create_integration(
-        "amobridge acceptance",
         f"{public_url}/amocrm/callback",
+        name="amobridge acceptance",
         disconnect_url=f"{public_url}/amocrm/uninstall",
     )
     database = workdir / "amobridge.db"
@@ -336,13 +215,7 @@ http {{
 
 
 def require_nginx() -> None:
-    """Skip locally without Debian's nginx; under CI a missing nginx is a failure."""
-    if os.access(NGINX, os.X_OK):
-        return
-    message = f"Debian's nginx is needed at {NGINX} (make system-deps)"
-    if in_ci():
-        pytest.fail(f"{message}; CI is set, so a missing nginx is a failure, not a skip")
-    pytest.skip(message)
+    require_program(NGINX, "nginx")
 
 
 @dataclass

@@ -21,13 +21,14 @@ from urllib.parse import urlencode
 import pytest
 from acceptance_support import (
     APP_SCHEME,
-    SandboxProcess,
     ServiceProcess,
     query_of,
     require_chromium,
     run_sandbox,
     run_service,
 )
+
+from process_support import SandboxServer as SandboxProcess
 
 pytestmark = pytest.mark.browser
 

@@ -21,15 +21,16 @@ import httpx
 import pytest
 from acceptance_support import (
     Nginx,
-    SandboxProcess,
     ServiceProcess,
-    free_port,
     query_of,
     require_nginx,
     run_nginx,
     run_sandbox,
     run_service,
 )
+
+from process_support import SandboxServer as SandboxProcess
+from process_support import free_port
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "deploy-nginx.md"
 STYLES = ("proxy_pass", "rewrite")

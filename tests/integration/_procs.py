@@ -1,9 +1,9 @@
 """Helpers of issue 5's invariant proofs: real processes, and the full flows the secret scans run.
 
-- :func:`spawn` starts a program (``python -m amobridge sandbox`` / ``serve``) in its own working
-  directory with a clean environment, waits for its health URL under a deadline, and
-  :meth:`Proc.kill` ends it with SIGKILL (a crash: no shutdown code runs).
-- :func:`run_sandbox`: the sandbox amoCRM as a real HTTP server, rate limiting off.
+- The processes themselves come from ``process_support.py`` (shared with the acceptance tier):
+  :func:`~process_support.spawn` with :meth:`~process_support.Process.kill` (SIGKILL: a crash, no
+  shutdown code runs) and :func:`~process_support.run_sandbox` (the sandbox amoCRM as a real HTTP
+  server, rate limiting off).
 - :func:`run_workers` starts *refresh worker* processes: each builds the service's
   :class:`Services` on the shared database, waits at a barrier until all are ready, fires
   ``calls`` concurrent ``account.get()`` through ``services.clients.client(connection)`` and
@@ -16,178 +16,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import multiprocessing
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 import traceback
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-START_DEADLINE = 30.0
-"""Seconds a process gets to answer its health URL (migrations included)."""
-STOP_DEADLINE = 10.0
+from process_support import STOP_DEADLINE
+
 SERVICE_URL = "http://service.test"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_env(**values: str) -> dict[str, str]:
-    """This process's environment without any ``AMOBRIDGE_*`` name, plus ``values``."""
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("AMOBRIDGE_")}
-    env.update(values)
-    return env
-
-
-def amobridge(*args: str) -> list[str]:
-    return [sys.executable, "-m", "amobridge", *args]
-
-
-@dataclass
-class Proc:
-    """A child process with its output in a log file. :meth:`stop` and :meth:`kill` end it (and
-    only it)."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def kill(self) -> None:
-        """SIGKILL: the process gets no chance to flush, commit or clean up."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGKILL)
-        self.popen.wait(timeout=STOP_DEADLINE)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=STOP_DEADLINE)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-def spawn(
-    name: str, argv: list[str], *, env: Mapping[str, str], workdir: Path, ready_url: str
-) -> Proc:
-    """Start ``argv`` and poll ``ready_url`` until it answers 200 (or fail with its log)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / f"{name}.log"
-    with log_path.open("ab") as log:
-        popen = subprocess.Popen(  # noqa: S603 - our own program, argv built here
-            argv, env=dict(env), cwd=workdir, stdout=log, stderr=subprocess.STDOUT
-        )
-    proc = Proc(name, popen, log_path)
-    deadline = time.monotonic() + START_DEADLINE
-    with httpx.Client(timeout=2.0) as http:
-        while True:
-            if popen.poll() is not None:
-                raise RuntimeError(f"{name} exited with {popen.returncode}:\n{proc.tail()}")
-            with contextlib.suppress(httpx.TransportError):
-                if http.get(ready_url).status_code == 200:
-                    return proc
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"{name} did not answer {ready_url} in time:\n{proc.tail()}")
-            time.sleep(0.05)  # polling interval while the port opens, under a deadline
-
-
-# --- the sandbox as a real server ----------------------------------------------------------------
-
-
-@dataclass
-class SandboxServer:
-    url: str
-    proc: Proc
-    control: httpx.Client
-
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        reply = self.control.post(path, json=body)
-        assert reply.status_code in (200, 201), reply.text
-        return reply.json()
-
-    def create_account(self, subdomain: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.post("/_sandbox/accounts", {"subdomain": subdomain})
-        return found
-
-    def create_integration(self, redirect_uri: str, **extra: Any) -> dict[str, Any]:
-        body = {"name": "amobridge proofs", "redirect_uri": redirect_uri, **extra}
-        found: dict[str, Any] = self.post("/_sandbox/integrations", body)
-        return found
-
-    def consent(self, client_id: str, account_id: int, state: str | None = None) -> dict[str, Any]:
-        """The user's Allow, without a browser: ``{code, redirect_url, referer}``."""
-        body: dict[str, Any] = {"client_id": client_id, "account_id": account_id}
-        if state is not None:
-            body["state"] = state
-        found: dict[str, Any] = self.post("/_sandbox/authorize", body)
-        return found
-
-    def expire_tokens(self, account_id: int) -> int:
-        expired: int = self.post("/_sandbox/tokens/expire", {"account_id": account_id})["expired"]
-        return expired
-
-    def requests(self, account_id: int, path_prefix: str | None = None) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"account_id": account_id}
-        if path_prefix:
-            params["path_prefix"] = path_prefix
-        reply = self.control.get("/_sandbox/requests", params=params)
-        assert reply.status_code == 200, reply.text
-        found: list[dict[str, Any]] = reply.json()
-        return found
-
-    def refreshes(self, account_id: int) -> list[dict[str, Any]]:
-        return [
-            r
-            for r in self.requests(account_id, "/oauth2/access_token")
-            if r["grant_type"] == "refresh_token"
-        ]
-
-
-@contextlib.contextmanager
-def run_sandbox(workdir: Path) -> Iterator[SandboxServer]:
-    """``amobridge sandbox`` on a free port, its rate limiter off (the proofs count requests)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = spawn(
-        "sandbox",
-        amobridge("sandbox", "--host", "127.0.0.1", "--port", str(port)),
-        env=clean_env(
-            AMOBRIDGE_ENVIRONMENT="test",
-            AMOBRIDGE_LOG_LEVEL="WARNING",
-            AMOBRIDGE_SANDBOX__RATE_LIMIT_ENABLED="false",
-        ),
-        workdir=workdir,
-        ready_url=f"{url}/_sandbox/health",
-    )
-    try:
-        with httpx.Client(base_url=url, timeout=30.0) as control:
-            config = control.patch("/_sandbox/config", json={"rate_limit_enabled": False})
-            assert config.status_code == 200, config.text
-            yield SandboxServer(url, proc, control)
-    finally:
-        proc.stop()
 
 
 # --- service settings shared by the test process and the workers ---------------------------------

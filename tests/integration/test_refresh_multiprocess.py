@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _procs import SandboxServer, run_sandbox, run_workers, service_settings
+from _procs import run_workers, service_settings
 from sqlalchemy import update
 
 from amobridge.storage.crypto import generate_key
 from amobridge.storage.migrate import upgrade_async
 from amobridge.storage.tables import Connection
 from amobridge.web.app import Services
+from process_support import SandboxServer, run_sandbox
 
 CALLS = 125
 SLOW_REFRESH = 0.5

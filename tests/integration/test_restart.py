@@ -23,22 +23,13 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from _procs import (
-    DEF502_LIKE,
-    JWT_LIKE,
-    Proc,
-    SandboxServer,
-    amobridge,
-    clean_env,
-    free_port,
-    run_sandbox,
-    run_workers,
-    spawn,
-)
+from _procs import DEF502_LIKE, JWT_LIKE, run_workers
 from sqlalchemy import create_engine, select
 
 from amobridge.storage.crypto import generate_key
 from amobridge.storage.tables import OAuthState
+from process_support import Process as Proc
+from process_support import SandboxServer, amobridge, clean_env, free_port, run_sandbox, spawn
 
 JWT_SECRET = "restart-test-jwt-secret-0123456789"
 EXCHANGE_DELAY = 10.0
