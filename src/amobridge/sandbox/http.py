@@ -276,8 +276,14 @@ def bearer(request: Request) -> str | None:
     return value.strip()
 
 
-def api_endpoint(handler: ApiHandler) -> Endpoint:
-    """Wrap an ``/api/v4`` handler in the host check, auth, ban, rate limit, faults and log."""
+RecordedHandler = Callable[
+    ["Sandbox", Request, RequestRecord], Awaitable["Response | DropConnection"]
+]
+
+
+def recorded_endpoint(handler: RecordedHandler) -> Endpoint:
+    """Put every request in the sandbox's request log (time, method, path, query, status); the
+    handler fills in what it learns (account, client, grant type, fault)."""
 
     async def endpoint(request: Request) -> Response:
         sandbox: Sandbox = request.app.state.sandbox
@@ -290,14 +296,28 @@ def api_endpoint(handler: ApiHandler) -> Endpoint:
             status=0,
         )
         try:
-            response = await _run_api(sandbox, request, handler, record)
+            response = await handler(sandbox, request, record)
+            record.status = response.status_code if isinstance(response, Response) else 0
         finally:
             sandbox.state.requests.append(record)
-        return response  # type: ignore[return-value]
+        return response  # type: ignore[return-value]  # DropConnection is an ASGI app too
 
     endpoint.__name__ = handler.__name__
     endpoint.__doc__ = handler.__doc__
     return endpoint
+
+
+def api_endpoint(handler: ApiHandler) -> Endpoint:
+    """Wrap an ``/api/v4`` handler in the host check, auth, ban, rate limit, faults and log."""
+
+    async def run(
+        sandbox: Sandbox, request: Request, record: RequestRecord
+    ) -> Response | DropConnection:
+        return await _run_api(sandbox, request, handler, record)
+
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return recorded_endpoint(run)
 
 
 async def _run_api(

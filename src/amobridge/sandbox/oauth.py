@@ -51,6 +51,7 @@ from amobridge.sandbox.http import (
     dumps,
     fault_response,
     problem,
+    recorded_endpoint,
     resolve_host,
 )
 from amobridge.sandbox.state import Account, Integration, RequestRecord, platform_of
@@ -674,27 +675,10 @@ async def _with_faults(
     )
 
 
-async def access_token(request: Request) -> Response:
-    """``POST /oauth2/access_token`` (§2.2, §2.3)."""
-    sandbox: Sandbox = request.app.state.sandbox
-    record = RequestRecord(
-        time=sandbox.clock.now(),
-        method=request.method,
-        path=request.url.path,
-        query=request.url.query,
-        status=0,
-    )
-    try:
-        response = await _access_token(sandbox, request, record)
-        record.status = response.status_code if isinstance(response, Response) else 0
-    finally:
-        sandbox.state.requests.append(record)
-    return response  # type: ignore[return-value]  # DropConnection is an ASGI app too
-
-
 async def _access_token(
     sandbox: Sandbox, request: Request, record: RequestRecord
 ) -> Response | DropConnection:
+    """``POST /oauth2/access_token`` (§2.2, §2.3)."""
     host = resolve_host(sandbox, request)
     fields: dict[str, Any] = {}
     parse_error: OAuthError | None = None
@@ -766,28 +750,11 @@ def _grant(sandbox: Sandbox, fields: dict[str, Any], host_account: Account | Non
 # --- subdomain discovery -------------------------------------------------------------------------
 
 
-async def current_subdomain(request: Request) -> Response:
-    """``GET /oauth2/account/current/subdomain`` with ``X-Refresh-Token`` (§1), on ``api-*``
-    hosts (and bare ones): the account a live refresh token belongs to."""
-    sandbox: Sandbox = request.app.state.sandbox
-    record = RequestRecord(
-        time=sandbox.clock.now(),
-        method=request.method,
-        path=request.url.path,
-        query=request.url.query,
-        status=0,
-    )
-    try:
-        response = await _current_subdomain(sandbox, request, record)
-        record.status = response.status_code if isinstance(response, Response) else 0
-    finally:
-        sandbox.state.requests.append(record)
-    return response  # type: ignore[return-value]  # DropConnection is an ASGI app too
-
-
 async def _current_subdomain(
     sandbox: Sandbox, request: Request, record: RequestRecord
 ) -> Response | DropConnection:
+    """``GET /oauth2/account/current/subdomain`` with ``X-Refresh-Token`` (§1), on ``api-*``
+    hosts (and bare ones): the account a live refresh token belongs to."""
     host = resolve_host(sandbox, request)
     if host.named and not host.host.startswith("api-"):
         return problem(404, f"Cannot GET {request.url.path}", title="Not Found")
@@ -952,3 +919,8 @@ def control_routes() -> list[BaseRoute]:
         Route("/_sandbox/integrations/{client_id}/uninstall", c(uninstall), methods=["POST"]),
         Route("/_sandbox/outbound", c(outbound), methods=["GET"]),
     ]
+
+
+# Both go into the request log like API calls (the refresh-storm proofs count them there).
+access_token = recorded_endpoint(_access_token)
+current_subdomain = recorded_endpoint(_current_subdomain)
