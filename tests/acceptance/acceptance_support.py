@@ -26,38 +26,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import jwt
-import pytest
 
 import process_support
-from _services import in_ci
+from browser_support import require_program
 from process_support import Process, SandboxServer, amobridge, clean_env, free_port, spawn
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-WAIT_MS = 15_000
 APP_SCHEME = "foryoure"
 """The mobile app's deep-link scheme (seed 003), allow-listed for every service started here."""
-
-
-def require_program(path: str, what: str) -> None:
-    """Skip locally without the Debian program at ``path``; under CI a missing one is a failure."""
-    if os.access(path, os.X_OK):
-        return
-    message = f"Debian's {what} is needed at {path} (make system-deps)"
-    if in_ci():
-        pytest.fail(f"{message}; CI is set, so a missing {what} is a failure, not a skip")
-    pytest.skip(message)
-
-
-def require_chromium() -> None:
-    require_program(CHROMIUM, "chromium")
 
 
 def query_of(url: str) -> dict[str, str]:

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from acceptance_support import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, require_chromium
+
+from browser_support import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, require_chromium
 
 # --- the browser ---------------------------------------------------------------------------------
 

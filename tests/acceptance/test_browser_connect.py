@@ -23,11 +23,11 @@ from acceptance_support import (
     APP_SCHEME,
     ServiceProcess,
     query_of,
-    require_chromium,
     run_sandbox,
     run_service,
 )
 
+from browser_support import require_chromium
 from process_support import SandboxServer as SandboxProcess
 
 pytestmark = pytest.mark.browser

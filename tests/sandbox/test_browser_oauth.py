@@ -7,7 +7,6 @@ servers on free loopback ports, on two origins, as in production.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -25,30 +24,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from _services import in_ci
 from amobridge.sandbox import Clock, Sandbox, SandboxConfig, create_sandbox_app
+from browser_support import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, require_chromium
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-WAIT_MS = 15_000
-
-
-def _require_chromium() -> None:
-    if os.access(CHROMIUM, os.X_OK):
-        return
-    message = f"Debian's chromium is needed at {CHROMIUM} (apt-get install chromium)"
-    if in_ci():
-        pytest.fail(f"{message}; CI is set, so a missing browser is a failure, not a skip")
-    pytest.skip(message)
 
 
 class Server:
@@ -174,7 +153,7 @@ class Sites:
 
 @pytest.fixture(scope="module")
 def sites(signing_key: rsa.RSAPrivateKey) -> Iterator[Sites]:
-    _require_chromium()
+    require_chromium()
     sandbox = Sandbox(
         SandboxConfig(rate_limit_enabled=False), clock=Clock(), signing_key=signing_key
     )
