@@ -79,8 +79,20 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE instead of pysqlite's lazy BEGIN.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # WAL is a property of the database file: switch only when needed. Switching needs an
+        # exclusive lock and answers "database is locked" at once (no busy wait) while another
+        # connection is open, so many processes opening a WAL database must not all ask for it.
+        cursor.execute("PRAGMA journal_mode")
+        mode = cursor.fetchone()
+        if not mode or str(mode[0]).lower() != "wal":
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            except Exception:  # another connection holds a lock: it is switching (or has)
+                cursor.execute("PRAGMA journal_mode")
+                mode = cursor.fetchone()
+                if not mode or str(mode[0]).lower() != "wal":
+                    raise
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
