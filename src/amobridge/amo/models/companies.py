@@ -10,7 +10,6 @@ from amobridge.amo.models.base import (
     AmoInput,
     AmoModel,
     EntityLink,
-    NullableDict,
     NullableList,
     NullableObject,
 )
@@ -25,21 +24,9 @@ class CompanyEmbedded(AmoModel):
 
 
 class Company(WithContactInfo):
-    id: int
-    name: str | None = None
-    responsible_user_id: int | None = None
-    group_id: int | None = None
-    created_by: int | None = None
-    updated_by: int | None = None
-    created_at: int | None = None
-    updated_at: int | None = None
-    closest_task_at: int | None = None
-    is_deleted: bool | None = None
-    account_id: int | None = None
     embedded: Annotated[CompanyEmbedded, NullableObject] = Field(
         default_factory=CompanyEmbedded, alias="_embedded"
     )
-    links: NullableDict = Field(default_factory=dict, alias="_links")
 
     @property
     def tags(self) -> list[Tag]:

@@ -11,7 +11,6 @@ from amobridge.amo.models.base import (
     AmoModel,
     EntityLink,
     Links,
-    NullableDict,
     NullableList,
     NullableObject,
 )
@@ -28,24 +27,12 @@ class ContactEmbedded(AmoModel):
 class Contact(WithContactInfo):
     """A contact; :attr:`phones` and :attr:`emails` read its PHONE / EMAIL values."""
 
-    id: int
-    name: str | None = None
     first_name: str | None = None
     last_name: str | None = None
-    responsible_user_id: int | None = None
-    group_id: int | None = None
-    created_by: int | None = None
-    updated_by: int | None = None
-    created_at: int | None = None
-    updated_at: int | None = None
-    closest_task_at: int | None = None
-    is_deleted: bool | None = None
     is_unsorted: bool | None = None
-    account_id: int | None = None
     embedded: Annotated[ContactEmbedded, NullableObject] = Field(
         default_factory=ContactEmbedded, alias="_embedded"
     )
-    links: NullableDict = Field(default_factory=dict, alias="_links")
 
     @property
     def tags(self) -> list[Tag]:

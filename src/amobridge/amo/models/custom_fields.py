@@ -260,7 +260,24 @@ class WithCustomFields(AmoModel):
         return found.first if found else None
 
 
-class WithContactInfo(WithCustomFields):
+class CrmEntity(WithCustomFields):
+    """What leads, contacts and companies share in amoCRM's replies (§5.2)."""
+
+    id: int
+    name: str | None = None
+    responsible_user_id: int | None = None
+    group_id: int | None = None
+    created_by: int | None = None
+    updated_by: int | None = None
+    created_at: int | None = None
+    updated_at: int | None = None
+    closest_task_at: int | None = None
+    is_deleted: bool | None = None
+    account_id: int | None = None
+    links: NullableDict = Field(default_factory=dict, alias="_links")
+
+
+class WithContactInfo(CrmEntity):
     """Contacts and companies: their PHONE and EMAIL multitext values."""
 
     @property

@@ -11,13 +11,12 @@ from amobridge.amo.models.base import (
     AmoModel,
     EntityLink,
     Links,
-    NullableDict,
     NullableList,
     NullableObject,
 )
 from amobridge.amo.models.companies import CompanyCreate
 from amobridge.amo.models.contacts import ContactCreate
-from amobridge.amo.models.custom_fields import CustomFieldInput, WithCustomFields
+from amobridge.amo.models.custom_fields import CrmEntity, CustomFieldInput
 from amobridge.amo.models.pipelines import LOST_STATUS_ID, WON_STATUS_ID
 from amobridge.amo.models.tags import Tag, TagRef
 
@@ -28,29 +27,17 @@ class LeadEmbedded(AmoModel):
     companies: NullableList[EntityLink] = Field(default_factory=list)
 
 
-class Lead(WithCustomFields):
-    id: int
-    name: str | None = None
+class Lead(CrmEntity):
     price: int | None = None
     status_id: int | None = None
     pipeline_id: int | None = None
-    responsible_user_id: int | None = None
-    group_id: int | None = None
     loss_reason_id: int | None = None
-    created_by: int | None = None
-    updated_by: int | None = None
-    created_at: int | None = None
-    updated_at: int | None = None
     closed_at: int | None = None
-    closest_task_at: int | None = None
-    is_deleted: bool | None = None
     score: int | None = None
     labor_cost: int | None = None
-    account_id: int | None = None
     embedded: Annotated[LeadEmbedded, NullableObject] = Field(
         default_factory=LeadEmbedded, alias="_embedded"
     )
-    links: NullableDict = Field(default_factory=dict, alias="_links")
 
     @property
     def tags(self) -> list[Tag]:
