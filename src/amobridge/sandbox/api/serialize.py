@@ -64,6 +64,13 @@ def _common(account: Account, entity: Entity, base: str, path: str) -> dict[str,
     }
 
 
+def _company_links(account: Account, company_id: int | None, base: str) -> list[dict[str, Any]]:
+    """``_embedded.companies`` of a lead or contact: its one live company, if any."""
+    if company_id is None or not _live([company_id], account.companies):
+        return []
+    return [{"id": company_id, "_links": href(base, f"companies/{company_id}")}]
+
+
 def lead_json(
     account: Account, lead: Lead, base: str, with_: Collection[str] = ()
 ) -> dict[str, Any]:
@@ -76,14 +83,9 @@ def lead_json(
     body["closed_at"] = lead.closed_at
     body["score"] = lead.score
     body["labor_cost"] = lead.labor_cost
-    companies = (
-        [{"id": lead.company_id, "_links": href(base, f"companies/{lead.company_id}")}]
-        if lead.company_id is not None and _live([lead.company_id], account.companies)
-        else []
-    )
     embedded: dict[str, Any] = {
         "tags": _tags(account, "leads", lead.tag_ids),
-        "companies": companies,
+        "companies": _company_links(account, lead.company_id, base),
     }
     if "contacts" in with_:
         contact_ids = _live(lead.contact_ids, account.contacts)
@@ -104,14 +106,9 @@ def contact_json(
     body["first_name"] = contact.first_name
     body["last_name"] = contact.last_name
     body["is_unsorted"] = contact.is_unsorted
-    companies = (
-        [{"id": contact.company_id, "_links": href(base, f"companies/{contact.company_id}")}]
-        if contact.company_id is not None and _live([contact.company_id], account.companies)
-        else []
-    )
     embedded: dict[str, Any] = {
         "tags": _tags(account, "contacts", contact.tag_ids),
-        "companies": companies,
+        "companies": _company_links(account, contact.company_id, base),
     }
     if "leads" in with_:
         embedded["leads"] = [
