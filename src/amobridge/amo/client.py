@@ -1,9 +1,11 @@
 """``AmoClient``: the one HTTP pipeline every amoCRM call goes through.
 
-A request passes, in order: the ban breaker (a banned account is refused without a call), the token
-provider (refreshing before expiry), the rate limiter, one attempt under an overall deadline
-(``asyncio.timeout``: httpx's own timeouts do not apply on in-process transports), then the reply
-is mapped by :func:`~amobridge.amo.errors.error_from_response` and retried or raised as the table
+A request passes, in order: the ban breaker (a banned account is refused without a call), the rate
+limiter (``acquire``), the token provider (refreshing before expiry; asked only once the limiter
+admitted the request, so a request that queued meanwhile carries the newest token), one attempt
+under an overall deadline (``asyncio.timeout``: httpx's own timeouts do not apply on in-process
+transports), the limiter's ``release`` (the slot counts until the reply, then one more window),
+then the reply is mapped by :func:`~amobridge.amo.errors.error_from_response` and retried or raised as the table
 in :mod:`amobridge.amo.retry` says. The endpoint resources (``client.leads`` …) only build paths and
 bodies and call :meth:`AmoClient.request_json` (the ``Requester`` seam).
 """
@@ -11,6 +13,7 @@ bodies and call :meth:`AmoClient.request_json` (the ``Requester`` seam).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json as jsonlib
 import time
 import uuid
@@ -95,6 +98,14 @@ def _request_ids(body: Any) -> list[str]:
         for item in items
         if isinstance(item, dict) and item.get("request_id") is not None
     ]
+
+
+def _log_release_failure(task: asyncio.Future[Any]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.warning("the rate limiter failed to release a slot (%s)", type(exc).__name__)
 
 
 def _when(ts: float) -> str:
@@ -301,23 +312,34 @@ class AmoClient:
             self._check_breaker(host, method, api_path)
             key = self.rate_limit_key
             self._check_rate_block(key, method, api_path)
-            token = await self._tokens.get_token()
-            self._sync_domain()
             await self._limiter.acquire(key)
-            attempts += 1
-            started = time.monotonic()
             failure: AmoError
             hint: float | None = None
+            response: httpx.Response | None = None
+            lost: httpx.TransportError | TimeoutError | None = None
             try:
-                response = await self._attempt(method, api_path, params, body, token)
-            except (httpx.TransportError, TimeoutError) as exc:
-                spent += time.monotonic() - started
-                failure = self._transport_failure(exc, method, api_path)
+                # The token is taken once the limiter admitted the request: a request that queued
+                # while a refresh happened goes out with the new token, not into a 401.
+                token = await self._tokens.get_token()
+                self._sync_domain()
+                attempts += 1
+                started = time.monotonic()
+                try:
+                    response = await self._attempt(method, api_path, params, body, token)
+                except (httpx.TransportError, TimeoutError) as exc:
+                    lost = exc
+            finally:
+                # Exactly once per acquire, whatever ended the attempt (reply, transport error,
+                # timeout, a failing token provider, cancellation).
+                await self._release_slot(key)
+            spent += time.monotonic() - started
+            if response is None:
+                assert lost is not None
+                failure = self._transport_failure(lost, method, api_path)
                 self._log_attempt(method, api_path, None, started, rid, attempts, None, failure)
-                if mode == "create" and failure_was_sent(exc):
+                if mode == "create" and failure_was_sent(lost):
                     raise self._ambiguous(method, api_path, body, failure, attempts) from failure
             else:
-                spent += time.monotonic() - started
                 status = response.status_code
                 amo_rid = response.headers.get("x-request-id")
                 self._log_attempt(method, api_path, status, started, rid, attempts, amo_rid, None)
@@ -376,6 +398,22 @@ class AmoClient:
             )
             await self._retry.wait(wait)
             spent += wait  # the scheduled wait counts, even when a test makes sleeping instant
+
+    async def _release_slot(self, key: str) -> None:
+        """Tell the limiter this attempt ended (its slot counts one more window from now).
+
+        Called exactly once per ``acquire``. Shielded: a caller cancelled mid-request still frees
+        its slot. A backend without ``release`` (an older third-party limiter) counts slots from
+        ``acquire`` alone, so there is nothing to tell it. A failing release is logged, not
+        raised: the reply in hand matters more, and the backend expires the slot anyway.
+        """
+        release = getattr(self._limiter, "release", None)
+        if release is None:
+            return
+        task = asyncio.ensure_future(release(key))
+        task.add_done_callback(_log_release_failure)
+        with contextlib.suppress(Exception):  # logged by the callback
+            await asyncio.shield(task)
 
     async def _attempt(
         self,
