@@ -65,8 +65,6 @@ from amobridge.amo.retry import BanBreaker, RetryPolicy, failure_was_sent
 API_PREFIX = "/api/v4/"
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=30.0, write=30.0, pool=30.0)
 DEFAULT_ATTEMPT_TIMEOUT = 60.0
-# After a 429 without a usable hint, nothing is sent for this long: amoCRM counts a 1 s window.
-RATE_LIMIT_PAUSE = 1.0
 
 
 def _api_path(path: str) -> tuple[str, list[tuple[str, str]]]:
@@ -372,11 +370,14 @@ class AmoClient:
                     continue
                 if isinstance(error, AmoRateLimited):
                     hint = error.retry_after
-                    pause = max(RATE_LIMIT_PAUSE, hint or 0.0)
                     if hint is not None and hint > self._retry.max_retry_after:
                         self._rate_blocked_until[key] = time.monotonic() + hint
                         raise error
-                    await self._limiter.pause(key, pause)
+                    if hint is not None:
+                        # amoCRM named a wait: it applies to the whole connection.
+                        await self._limiter.pause(key, hint)
+                    # Without a hint only this request backs off (the policy's jittered wait):
+                    # one 429 must not stall every caller of the connection.
                 elif isinstance(error, AmoServerError):
                     if mode == "create":
                         raise self._ambiguous(method, api_path, body, error, attempts) from error

@@ -16,6 +16,7 @@ from amobridge.amo.errors import (
     AmoAuthError,
     AmoConnectionError,
     AmoNotFound,
+    AmoRateLimited,
     AmoServerError,
     AmoTimeout,
 )
@@ -302,6 +303,56 @@ async def test_token_is_taken_after_admission() -> None:
     async with client(server, limiter, provider=provider) as amo:
         await amo.request_json("GET", "leads")
     assert server.requests[0].headers["authorization"] == "Bearer tok-7"
+
+
+# --- 429: pause the key only when amoCRM named a wait ---------------------------------------------
+
+
+async def test_429_with_body_hint_pauses_the_key_for_the_hint() -> None:
+    limiter = RecordingLimiter()
+    sleep = Recorder()
+    server = Server(problem(429, "Too many", retry_after=2), httpx.Response(200, json={}))
+    async with client(server, limiter, retry=RetryPolicy(sleep=sleep)) as amo:
+        await amo.request_json("GET", "leads")
+    assert limiter.pauses == [2.0]
+    assert sleep.waits == [2.0]
+
+
+async def test_429_with_retry_after_header_pauses_the_key() -> None:
+    limiter = RecordingLimiter()
+    sleep = Recorder()
+    server = Server(
+        httpx.Response(429, text="slow down", headers={"Retry-After": "3"}),
+        httpx.Response(200, json={}),
+    )
+    async with client(server, limiter, retry=RetryPolicy(sleep=sleep)) as amo:
+        await amo.request_json("GET", "leads")
+    assert limiter.pauses == [3.0]
+    assert sleep.waits == [3.0]
+
+
+async def test_429_without_hint_backs_off_only_that_request() -> None:
+    limiter = RecordingLimiter()
+    sleep = Recorder()
+    policy = RetryPolicy(sleep=sleep, base=0.5, jitter=False)
+    server = Server(problem(429, "Too many"), httpx.Response(200, json={}))
+    async with client(server, limiter, retry=policy) as amo:
+        await amo.request_json("GET", "leads")
+    assert limiter.pauses == []  # other callers of the connection are not stalled
+    assert sleep.waits == [0.5]  # this request waits the policy's backoff
+
+
+async def test_429_hint_above_the_cap_raises_without_pausing() -> None:
+    limiter = RecordingLimiter()
+    server = Server(problem(429, "Too many", retry_after=300))
+    policy = RetryPolicy(sleep=Recorder(), max_retry_after=60)
+    async with client(server, limiter, retry=policy) as amo:
+        with pytest.raises(AmoRateLimited):
+            await amo.request_json("GET", "leads")
+        with pytest.raises(AmoRateLimited, match="was not sent"):
+            await amo.request_json("GET", "contacts")
+    assert len(server.requests) == 1
+    limiter.assert_paired(1)
 
 
 async def test_static_token_provider_works_with_the_recording_limiter() -> None:
