@@ -24,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -191,11 +192,17 @@ class AuditEntry(Base):
 
 
 class RateLimitSlot(Base):
-    """Cross-process pacing of one connection: the times (unix seconds, possibly reserved in the
-    near future) of its latest grants, and a pause amoCRM asked for (429 ``retry_after``)."""
+    """Cross-process pacing of one rate-limit key (``connect/ratelimit.py``). Times are unix
+    seconds on the database's clock. ``grants``: the end times of the key's latest slots, written
+    by a holder that hands the lease on; ``paused_until``: a pause amoCRM asked for (429
+    ``retry_after``); ``lease_holder``/``lease_until``: the process pacing the key and until when;
+    ``wanted_until``: another process waits for the lease (the holder hands it on)."""
 
     __tablename__ = "rate_limits"
 
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     grants: Mapped[list[float]] = mapped_column(JSON, default=list)
     paused_until: Mapped[float] = mapped_column(Float, default=0.0)
+    lease_holder: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    wanted_until: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
