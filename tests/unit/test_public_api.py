@@ -155,5 +155,39 @@ def test_sdk_does_not_import_the_service_or_the_sandbox() -> None:
 
 
 def test_submodules_import_cleanly() -> None:
-    for name in ("auth", "client", "domains", "errors", "ratelimit", "retry", "sync"):
+    for name in (
+        "auth",
+        "auth.endpoint",
+        "auth.oauth",
+        "auth.providers",
+        "auth.stores",
+        "auth.tokens",
+        "client",
+        "domains",
+        "errors",
+        "ratelimit",
+        "retry",
+        "sync",
+    ):
         importlib.import_module(f"amobridge.amo.{name}")
+
+
+def test_auth_package_keeps_the_names_of_the_old_module() -> None:
+    """``amobridge.amo.auth`` was one module; the service and users import these from it."""
+    auth = importlib.import_module("amobridge.amo.auth")
+    for name in (
+        "DEFAULT_ACCESS_TTL",
+        "DEFAULT_LEEWAY",
+        "TOKEN_PATH",
+        "InMemoryTokenStore",
+        "JsonFileTokenStore",
+        "OAuthTokenProvider",
+        "StaticTokenProvider",
+        "TokenProvider",
+        "TokenSet",
+        "TokenStore",
+        "exchange_code",
+    ):
+        value = getattr(auth, name)
+        if name in EXPECTED:
+            assert getattr(amobridge.amo, name) is value
