@@ -1,9 +1,10 @@
 """The sandbox's API v4 subset (§5, §6) and the control API's UI-side edits.
 
-Modules: ``account`` (account, users), ``pipelines``, ``leads`` (+ complex), ``contacts``,
-``companies`` (all three on ``crud``), ``notes``, ``tags``, ``fields`` (custom fields),
-``entities`` (the one create/update/delete implementation, shared with ``ui``), ``query``
-(filters, pages), ``validate`` (bodies, ``validation-errors``), ``serialize`` (JSON shapes and
+Modules: ``account`` (account, users), ``pipelines``, ``resource`` (the one endpoint set for
+leads, contacts and companies, parametrised by their :class:`~.resource.EntityKind`), ``leads``
+(lead filters, ``/leads/complex``), ``notes``, ``tags``, ``fields`` (custom fields), ``entities``
+(the one create/update/delete implementation, shared with ``ui``), ``query`` (filters, pages),
+``validate`` (bodies, ``validation-errors``), ``serialize`` (JSON shapes and
 ``webhook_snapshot``). ``docs/sandbox.md`` documents the endpoints.
 """
 
@@ -13,12 +14,11 @@ from starlette.routing import BaseRoute
 
 from amobridge.sandbox.api import (
     account,
-    companies,
-    contacts,
     fields,
     leads,
     notes,
     pipelines,
+    resource,
     tags,
     ui,
 )
@@ -32,7 +32,7 @@ def routes() -> list[BaseRoute]:
     the entity routes come first because Starlette tries routes in order and
     ``GET /leads/{id}`` must stay cheap."""
     found: list[BaseRoute] = []
-    for module in (leads, contacts, companies, pipelines, account, notes, tags, fields):
+    for module in (leads, resource, pipelines, account, notes, tags, fields):
         found.extend(module.routes())
     return found
 

@@ -18,15 +18,24 @@ must exist (``NotSupportedChoice``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import Field
 
 from amobridge.sandbox.api.fields import FieldValuesIn, StoredField, merge_values, resolve_values
 from amobridge.sandbox.api.serialize import webhook_snapshot
 from amobridge.sandbox.api.tags import TagIn, TagRef, drop_tags, resolve_tags, tag_ids
-from amobridge.sandbox.api.validate import Checker, Payload, Problems, RequestId, UInt
+from amobridge.sandbox.api.validate import (
+    Checker,
+    Payload,
+    Problems,
+    RequestId,
+    UInt,
+    parse_item,
+    request_id_of,
+)
 from amobridge.sandbox.events import ChangeAction, EntityChange
 from amobridge.sandbox.state import (
     LOST_STATUS_ID,
@@ -107,13 +116,6 @@ class CompanyIn(EntityIn):
     embedded: CompanyEmbeddedIn | None = Field(None, alias="_embedded")
 
 
-MODELS: dict[EntityType, type[EntityIn]] = {
-    "leads": LeadIn,
-    "contacts": ContactIn,
-    "companies": CompanyIn,
-}
-
-
 # --- plans -------------------------------------------------------------------------------------
 
 
@@ -139,6 +141,10 @@ class Plan:
 
 
 Pending = tuple[EntityType, ChangeAction, Any, dict[str, int], dict[str, Any] | None]
+ItemT = TypeVar("ItemT", bound=EntityIn)
+PlanOne = Callable[[ItemT, Any, Checker], Plan | None]
+"""Plans one parsed item (given the raw item too), or None when it was refused through the
+checker."""
 
 
 class Writer:
@@ -153,6 +159,20 @@ class Writer:
         self._pending: list[Pending] = []
 
     # --- planning -------------------------------------------------------------------------------
+    def plan_each(
+        self, items: list[Any], model: type[ItemT], plan_one: PlanOne[ItemT]
+    ) -> list[Plan]:
+        """Parse and plan every raw item under its own ``request_id``. Every item is checked, so
+        one reply reports every problem; the refused ones are left out of the plans."""
+        plans: list[Plan] = []
+        for index, raw in enumerate(items):
+            check = self.problems.item(request_id_of(raw, index))
+            item = parse_item(model, raw, check)
+            plan = plan_one(item, raw, check) if item is not None else None
+            if plan is not None:
+                plans.append(plan)
+        return plans
+
     def plan(
         self,
         entity_type: EntityType,
@@ -256,6 +276,14 @@ class Writer:
         return entity
 
     # --- applying -------------------------------------------------------------------------------
+    def commit(self, plans: list[Plan]) -> None:
+        """Write every plan and report the changes, or write nothing: :class:`ValidationFailed`
+        when any item had a problem."""
+        self.problems.raise_if_any()
+        for plan in plans:
+            self.apply(plan)
+        self.emit()
+
     def apply(self, plan: Plan) -> Any:
         """Create or update the entity of ``plan`` (and the entities made with it)."""
         entity = self._create(plan) if plan.target is None else self._update(plan)

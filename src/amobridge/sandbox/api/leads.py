@@ -1,4 +1,5 @@
-"""Leads: the shared endpoints (``crud.py``) with the lead filters, and ``/leads/complex``.
+"""What only leads have: their filters (for the shared endpoints of ``resource.py``) and
+``/leads/complex``.
 
 Lead filters (§5.1): ``filter[pipeline_id]`` (``[0]``, ``[]``), ``filter[statuses][N][status_id]``
 with an optional ``[pipeline_id]`` (any group may match), ``filter[price]`` and
@@ -14,7 +15,6 @@ are accepted and ignored.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from pydantic import Field
@@ -23,7 +23,6 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from amobridge.sandbox.api.common import api
-from amobridge.sandbox.api.crud import EntitySpec, Predicate, entity_routes, within
 from amobridge.sandbox.api.entities import (
     CompanyIn,
     ContactIn,
@@ -31,16 +30,9 @@ from amobridge.sandbox.api.entities import (
     Plan,
     Writer,
 )
-from amobridge.sandbox.api.query import Filters
+from amobridge.sandbox.api.query import Filters, Predicate, within
 from amobridge.sandbox.api.tags import TagIn
-from amobridge.sandbox.api.validate import (
-    Checker,
-    Payload,
-    body_array,
-    parse_item,
-    read_body,
-    request_id_of,
-)
+from amobridge.sandbox.api.validate import Checker, Payload, body_array, read_body
 from amobridge.sandbox.http import ApiContext, hal
 from amobridge.sandbox.state import Account, Lead
 
@@ -64,13 +56,6 @@ def lead_filters(filters: Filters, account: Account) -> list[Predicate]:
         if bounds is not None:
             found.append(within(name, bounds))
     return found
-
-
-def lead_texts(lead: Lead) -> Iterable[str]:
-    return (lead.name, str(lead.price))
-
-
-LEADS = EntitySpec("leads", lead_filters, lead_texts)
 
 
 # --- complex -----------------------------------------------------------------------------------
@@ -114,16 +99,13 @@ def plan_complex(writer: Writer, item: ComplexLeadIn, check: Checker) -> Plan:
 async def add_complex(request: Request, ctx: ApiContext) -> Response:
     items = body_array(await read_body(request), ctx.sandbox.config.complex_limit)
     writer = Writer(ctx.sandbox, ctx.account, ctx.user_id)
-    plans: list[Plan] = []
-    for index, raw in enumerate(items):
-        check = writer.problems.item(request_id_of(raw, index))
-        item = parse_item(ComplexLeadIn, raw, check)
-        if item is not None:
-            plans.append(plan_complex(writer, item, check))
-    writer.problems.raise_if_any()
+    plans = writer.plan_each(
+        items, ComplexLeadIn, lambda item, raw, check: plan_complex(writer, item, check)
+    )
+    writer.commit(plans)
     reply = []
     for plan in plans:
-        lead: Lead = writer.apply(plan)
+        lead: Lead = plan.result
         reply.append(
             {
                 "id": lead.id,
@@ -133,12 +115,8 @@ async def add_complex(request: Request, ctx: ApiContext) -> Response:
                 "merged": False,
             }
         )
-    writer.emit()
     return hal(reply)
 
 
 def routes() -> list[BaseRoute]:
-    return [
-        Route("/api/v4/leads/complex", api(add_complex), methods=["POST"]),
-        *entity_routes(LEADS),
-    ]
+    return [Route("/api/v4/leads/complex", api(add_complex), methods=["POST"])]

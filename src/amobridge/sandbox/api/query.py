@@ -209,3 +209,15 @@ def in_range(value: int | None, bounds: tuple[int | None, int | None]) -> bool:
     if value is None:
         return False
     return (low is None or value >= low) and (high is None or value <= high)
+
+
+Predicate = Callable[[Any], bool]
+"""One filter over entities: keeps the rows it is true for."""
+
+
+def one_of(attribute: str, wanted: set[int]) -> Predicate:
+    return lambda entity: getattr(entity, attribute) in wanted
+
+
+def within(attribute: str, bounds: tuple[int | None, int | None]) -> Predicate:
+    return lambda entity: in_range(getattr(entity, attribute), bounds)

@@ -64,11 +64,18 @@ def _common(account: Account, entity: Entity, base: str, path: str) -> dict[str,
     }
 
 
+def _links(
+    base: str, entity_type: EntityType, ids: list[int], entities: dict[int, Any]
+) -> list[dict[str, Any]]:
+    """``_embedded.{entity_type}``: the live ones of ``ids``, each ``{id, _links}``."""
+    return [{"id": i, "_links": href(base, f"{entity_type}/{i}")} for i in _live(ids, entities)]
+
+
 def _company_links(account: Account, company_id: int | None, base: str) -> list[dict[str, Any]]:
     """``_embedded.companies`` of a lead or contact: its one live company, if any."""
-    if company_id is None or not _live([company_id], account.companies):
+    if company_id is None:
         return []
-    return [{"id": company_id, "_links": href(base, f"companies/{company_id}")}]
+    return _links(base, "companies", [company_id], account.companies)
 
 
 def lead_json(
@@ -111,10 +118,7 @@ def contact_json(
         "companies": _company_links(account, contact.company_id, base),
     }
     if "leads" in with_:
-        embedded["leads"] = [
-            {"id": i, "_links": href(base, f"leads/{i}")}
-            for i in _live(contact.lead_ids, account.leads)
-        ]
+        embedded["leads"] = _links(base, "leads", contact.lead_ids, account.leads)
     body["_embedded"] = embedded
     return body
 
@@ -126,27 +130,11 @@ def company_json(
     body = _common(account, company, base, "companies")
     embedded: dict[str, Any] = {"tags": _tags(account, "companies", company.tag_ids)}
     if "leads" in with_:
-        embedded["leads"] = [
-            {"id": i, "_links": href(base, f"leads/{i}")}
-            for i in _live(company.lead_ids, account.leads)
-        ]
+        embedded["leads"] = _links(base, "leads", company.lead_ids, account.leads)
     if "contacts" in with_:
-        embedded["contacts"] = [
-            {"id": i, "_links": href(base, f"contacts/{i}")}
-            for i in _live(company.contact_ids, account.contacts)
-        ]
+        embedded["contacts"] = _links(base, "contacts", company.contact_ids, account.contacts)
     body["_embedded"] = embedded
     return body
-
-
-def entity_json(
-    account: Account, entity_type: EntityType, entity: Any, base: str, with_: Collection[str] = ()
-) -> dict[str, Any]:
-    if entity_type == "leads":
-        return lead_json(account, entity, base, with_)
-    if entity_type == "contacts":
-        return contact_json(account, entity, base, with_)
-    return company_json(account, entity, base, with_)
 
 
 # --- account data ------------------------------------------------------------------------------

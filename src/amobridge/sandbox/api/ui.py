@@ -26,26 +26,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from amobridge.sandbox.api.entities import (
-    MODELS,
-    ContactIn,
-    EntityIn,
-    LeadIn,
-    Plan,
-    Writer,
-)
+from amobridge.sandbox.api.entities import ContactIn, EntityIn, LeadIn, Plan, Writer
 from amobridge.sandbox.api.fields import FieldValuesIn, ValueIn
 from amobridge.sandbox.api.notes import add_notes
-from amobridge.sandbox.api.serialize import entity_json, note_json
+from amobridge.sandbox.api.resource import KINDS, EntityKind, refuse_id
+from amobridge.sandbox.api.serialize import note_json
 from amobridge.sandbox.api.validate import (
-    EXTRA_FIELDS,
     Checker,
     Payload,
     UInt,
     ValidationFailed,
-    parse_item,
     read_body,
-    request_id_of,
 )
 from amobridge.sandbox.control import ControlError, control_endpoint, get_account
 from amobridge.sandbox.http import ApiProblem
@@ -55,7 +46,6 @@ if TYPE_CHECKING:
     from amobridge.sandbox.app import Sandbox
 
 ALL_WITH = ("contacts", "leads")
-ENTITY_TYPES: tuple[EntityType, ...] = ("leads", "contacts", "companies")
 
 
 class ContactShorthandIn(Payload):
@@ -76,11 +66,16 @@ class UiContactIn(ContactIn):
     email: str | None = None
 
 
-UI_MODELS: dict[EntityType, type[EntityIn]] = {
-    **MODELS,
-    "leads": UiLeadIn,
-    "contacts": UiContactIn,
-}
+UI_MODELS: dict[EntityType, type[EntityIn]] = {"leads": UiLeadIn, "contacts": UiContactIn}
+"""The API's payloads plus a manager's shorthands, where a kind has any."""
+
+
+def _ui_model(kind: EntityKind) -> type[EntityIn]:
+    return UI_MODELS.get(kind.entity_type, kind.model)
+
+
+def _shown(account: Account, kind: EntityKind, entity: Any) -> dict[str, Any]:
+    return kind.serialize(account, entity, _base(account), ALL_WITH)
 
 
 def _contact_fields(phone: str | None, email: str | None) -> list[FieldValuesIn]:
@@ -155,88 +150,76 @@ def _target(request: Request, account: Account, entity_type: EntityType) -> Any:
     return entity
 
 
-async def create_entities(request: Request, sandbox: Sandbox, entity_type: EntityType) -> Response:
+async def create_entities(request: Request, sandbox: Sandbox, kind: EntityKind) -> Response:
     account = get_account(sandbox, request.path_params["account_id"])
     data = await _body(request)
     items = data if isinstance(data, list) else [data]
     if not items or len(items) > sandbox.config.batch_limit:
         raise ControlError(422, f"send 1 to {sandbox.config.batch_limit} items")
     writer = Writer(sandbox, account, account.admin_user_id)
-    plans = []
-    for index, raw in enumerate(items):
-        check = writer.problems.item(request_id_of(raw, index))
-        item = parse_item(UI_MODELS[entity_type], raw, check)
-        if item is None:
-            continue
-        if item.id is not None:
-            check.error(EXTRA_FIELDS, "id", "This field was not expected.")
-        plans.append(_plan(writer, entity_type, item, check))
+
+    def plan_new(item: EntityIn, raw: Any, check: Checker) -> Plan:
+        refuse_id(item, check)
+        return _plan(writer, kind.entity_type, item, check)
+
+    plans = writer.plan_each(items, _ui_model(kind), plan_new)
     try:
-        writer.problems.raise_if_any()
+        writer.commit(plans)
     except ValidationFailed as exc:
         return _invalid(exc)
-    for plan in plans:
-        writer.apply(plan)
-    writer.emit()
-    shown = [entity_json(account, entity_type, p.result, _base(account), ALL_WITH) for p in plans]
+    shown = [_shown(account, kind, p.result) for p in plans]
     return JSONResponse(shown if isinstance(data, list) else shown[0], status_code=201)
 
 
-async def list_entities(request: Request, sandbox: Sandbox, entity_type: EntityType) -> Response:
+async def list_entities(request: Request, sandbox: Sandbox, kind: EntityKind) -> Response:
     account = get_account(sandbox, request.path_params["account_id"])
-    base = _base(account)
     return JSONResponse(
-        [
-            entity_json(account, entity_type, e, base, ALL_WITH)
-            for e in account.entities(entity_type).values()
-        ]
+        [_shown(account, kind, e) for e in account.entities(kind.entity_type).values()]
     )
 
 
-async def show_entity(request: Request, sandbox: Sandbox, entity_type: EntityType) -> Response:
+async def show_entity(request: Request, sandbox: Sandbox, kind: EntityKind) -> Response:
     account = get_account(sandbox, request.path_params["account_id"])
-    entity = _target(request, account, entity_type)
-    return JSONResponse(entity_json(account, entity_type, entity, _base(account), ALL_WITH))
+    entity = _target(request, account, kind.entity_type)
+    return JSONResponse(_shown(account, kind, entity))
 
 
-async def update_entity(request: Request, sandbox: Sandbox, entity_type: EntityType) -> Response:
+async def update_entity(request: Request, sandbox: Sandbox, kind: EntityKind) -> Response:
     account = get_account(sandbox, request.path_params["account_id"])
-    entity = _target(request, account, entity_type)
+    entity = _target(request, account, kind.entity_type)
     data = await _body(request)
     if not isinstance(data, dict):
         raise ControlError(400, "request body must be a JSON object")
     writer = Writer(sandbox, account, account.admin_user_id)
-    check = writer.problems.item(request_id_of(data, 0))
-    item = parse_item(UI_MODELS[entity_type], data, check)
-    plan = None
-    if item is not None:
+
+    def plan_update(item: EntityIn, raw: Any, check: Checker) -> Plan | None:
         if entity.is_deleted:
             check.choice("id")
-        else:
-            plan = _plan(writer, entity_type, item, check, target=entity)
+            return None
+        return _plan(writer, kind.entity_type, item, check, target=entity)
+
+    plans = writer.plan_each([data], _ui_model(kind), plan_update)
     try:
-        writer.problems.raise_if_any()
+        writer.commit(plans)
     except ValidationFailed as exc:
         return _invalid(exc)
-    assert plan is not None
-    writer.apply(plan)
-    writer.emit()
-    return JSONResponse(entity_json(account, entity_type, entity, _base(account), ALL_WITH))
+    return JSONResponse(_shown(account, kind, entity))
 
 
-async def delete_entity(request: Request, sandbox: Sandbox, entity_type: EntityType) -> Response:
+async def delete_entity(request: Request, sandbox: Sandbox, kind: EntityKind) -> Response:
     account = get_account(sandbox, request.path_params["account_id"])
-    entity = _target(request, account, entity_type)
+    entity = _target(request, account, kind.entity_type)
     if entity.is_deleted:
-        raise ControlError(404, f"{entity_type} {entity.id} is already deleted")
+        raise ControlError(404, f"{kind.entity_type} {entity.id} is already deleted")
     writer = Writer(sandbox, account, account.admin_user_id)
-    writer.delete(entity_type, entity)
+    writer.delete(kind.entity_type, entity)
     writer.emit()
     return Response(status_code=204)
 
 
-async def create_notes(request: Request, sandbox: Sandbox, entity_type: EntityType) -> Response:
+async def create_notes(request: Request, sandbox: Sandbox, kind: EntityKind) -> Response:
     account = get_account(sandbox, request.path_params["account_id"])
+    entity_type = kind.entity_type
     entity = _target(request, account, entity_type)
     data = await _body(request)
     items = data if isinstance(data, list) else [data]
@@ -250,27 +233,27 @@ async def create_notes(request: Request, sandbox: Sandbox, entity_type: EntityTy
     return JSONResponse(shown if isinstance(data, list) else shown[0], status_code=201)
 
 
-UiHandler = Callable[[Request, "Sandbox", EntityType], Awaitable[Response]]
+UiHandler = Callable[[Request, "Sandbox", EntityKind], Awaitable[Response]]
 
 
-def _bind(handler: UiHandler, entity_type: EntityType) -> Callable[[Request], Awaitable[Response]]:
+def _bind(handler: UiHandler, kind: EntityKind) -> Callable[[Request], Awaitable[Response]]:
     async def bound(request: Request, sandbox: Sandbox) -> Response:
-        return await handler(request, sandbox, entity_type)
+        return await handler(request, sandbox, kind)
 
-    bound.__name__ = f"{handler.__name__}_{entity_type}"
+    bound.__name__ = f"{handler.__name__}_{kind.entity_type}"
     return control_endpoint(bound)
 
 
 def routes() -> list[BaseRoute]:
     found: list[BaseRoute] = []
-    for entity_type in ENTITY_TYPES:
-        root = f"/_sandbox/accounts/{{account_id}}/{entity_type}"
+    for kind in KINDS.values():
+        root = f"/_sandbox/accounts/{{account_id}}/{kind.entity_type}"
         found += [
-            Route(root, _bind(create_entities, entity_type), methods=["POST"]),
-            Route(root, _bind(list_entities, entity_type), methods=["GET"]),
-            Route(root + "/{entity_id}", _bind(show_entity, entity_type), methods=["GET"]),
-            Route(root + "/{entity_id}", _bind(update_entity, entity_type), methods=["PATCH"]),
-            Route(root + "/{entity_id}", _bind(delete_entity, entity_type), methods=["DELETE"]),
-            Route(root + "/{entity_id}/notes", _bind(create_notes, entity_type), methods=["POST"]),
+            Route(root, _bind(create_entities, kind), methods=["POST"]),
+            Route(root, _bind(list_entities, kind), methods=["GET"]),
+            Route(root + "/{entity_id}", _bind(show_entity, kind), methods=["GET"]),
+            Route(root + "/{entity_id}", _bind(update_entity, kind), methods=["PATCH"]),
+            Route(root + "/{entity_id}", _bind(delete_entity, kind), methods=["DELETE"]),
+            Route(root + "/{entity_id}/notes", _bind(create_notes, kind), methods=["POST"]),
         ]
     return found
