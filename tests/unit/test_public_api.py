@@ -167,7 +167,7 @@ def test_submodules_import_cleanly() -> None:
         "errors",
         "ratelimit",
         "retry",
-        "sync",
+        "blocking",
     ):
         importlib.import_module(f"amobridge.amo.{name}")
 

@@ -27,6 +27,9 @@ from amobridge.amo.auth import (
     TokenStore,
     exchange_code,
 )
+from amobridge.amo.blocking import (
+    SyncAmoClient,
+)
 from amobridge.amo.client import (
     AmoClient,
 )
@@ -127,9 +130,6 @@ from amobridge.amo.retry import (
     BanBreaker,
     RetryPolicy,
     set_testing,
-)
-from amobridge.amo.sync import (
-    SyncAmoClient,
 )
 from amobridge.amo.webhooks import (
     BaseWebhookEvent,

@@ -41,7 +41,9 @@ class _LoopThread:
         self.loop = asyncio.new_event_loop()
         self.closed = False
         self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._main, name="amobridge-sync-loop", daemon=True)
+        self.thread = threading.Thread(
+            target=self._main, name="amobridge-blocking-loop", daemon=True
+        )
         self.thread.start()
         self._ready.wait()
 

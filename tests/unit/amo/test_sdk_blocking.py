@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from amobridge.amo.auth import StaticTokenProvider
+from amobridge.amo.blocking import SyncAmoClient, SyncIterator, _LoopThread, _wrap
 from amobridge.amo.errors import AmoNotFound
-from amobridge.amo.sync import SyncAmoClient, SyncIterator, _LoopThread, _wrap
 
 TOKEN = "long-lived-token-value-0123456789"
 
@@ -51,7 +51,7 @@ def amo() -> Any:
 def test_request_json_blocks_and_runs_on_the_loop_thread(amo: SyncAmoClient) -> None:
     reply = amo.request_json("GET", "leads/1")
     assert reply["id"] == 1
-    assert reply["thread"] == "amobridge-sync-loop"
+    assert reply["thread"] == "amobridge-blocking-loop"
 
 
 def test_errors_propagate(amo: SyncAmoClient) -> None:
