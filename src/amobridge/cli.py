@@ -64,6 +64,7 @@ def sandbox(
         refresh_ttl=group.refresh_ttl_seconds,
         rate_limit_enabled=group.rate_limit_enabled,
         rate_limit_rps=group.rate_limit_rps,
+        rate_rule=group.rate_rule,
         account_rps_cap=group.account_rps_cap,
         ban_seconds=group.ban_seconds,
         control_token=group.control_token.get_secret_value() if group.control_token else None,

@@ -12,7 +12,7 @@ Every setting is listed in ``docs/configuration.md`` (a test keeps the two in st
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -124,6 +124,10 @@ class SandboxSettings(_Group):
     )
     rate_limit_enabled: bool = True
     rate_limit_rps: int = Field(7, ge=1, description="Requests per second per integration+account.")
+    rate_rule: Literal["sliding", "fixed", "token_bucket"] = Field(
+        "sliding",
+        description="How N per second is counted: any 1 s interval, whole seconds, or a bucket.",
+    )
     account_rps_cap: int | None = Field(
         50, ge=1, description="Requests per second per account, all integrations (None: off)."
     )

@@ -1,4 +1,4 @@
-"""Conformance: amoCRM's request limits and bans (amocrm-api.md §7), on a frozen sandbox clock."""
+"""Conformance: amoCRM's request limits and bans (§7), on a frozen sandbox clock."""
 
 from __future__ import annotations
 
@@ -258,3 +258,55 @@ async def test_requests_log_shows_429(clients: Clients) -> None:
         await clients.control.get("/_sandbox/requests", params={"account_id": acme["id"]})
     ).json()
     assert [r["status"] for r in log] == [204] * 7 + [429]
+
+
+@pytest.mark.parametrize("rule", ["sliding", "fixed", "token_bucket"])
+async def test_ban_under_every_rule(clients: Clients, rule: str) -> None:
+    """Whatever the counting rule, 429s within `ban_window` ban the whole account for
+    `ban_seconds`, other accounts go on, and unban lifts it."""
+    await clients.config(rate_rule=rule, ban_after_violations=5)
+    acme = await clients.account("acme")
+    first = await clients.client(acme)
+    second = await clients.client(acme)
+    other = await clients.client(await clients.account("globex"))
+    assert await statuses(first, 7) == [204] * 7
+    assert await statuses(first, 4) == [429] * 4
+    assert (await first.get(PATH)).status_code == 403
+    assert (await second.get(PATH)).status_code == 403
+    assert (await other.get(PATH)).status_code == 204
+    await clients.advance(60)
+    assert (await first.get(PATH)).status_code == 403
+    await clients.advance(3600)
+    assert (await first.get(PATH)).status_code == 204
+    await statuses(first, 20)
+    assert (await second.get(PATH)).status_code == 403
+    reply = await clients.control.post("/_sandbox/unban", json={"account_id": acme["id"]})
+    assert reply.status_code == 204
+    await clients.advance(1)
+    assert (await second.get(PATH)).status_code == 204
+
+
+@pytest.mark.parametrize("rule", ["sliding", "fixed", "token_bucket"])
+async def test_spread_out_violations_do_not_ban_under_any_rule(clients: Clients, rule: str) -> None:
+    await clients.config(rate_rule=rule)
+    client = await clients.client(await clients.account("acme"))
+    for _ in range(3):
+        await statuses(client, 7)
+        assert await statuses(client, 10) == [429] * 10
+        await clients.advance(61)
+    assert (await client.get(PATH)).status_code == 204
+
+
+async def test_rate_rule_is_a_runtime_setting(clients: Clients) -> None:
+    """`GET /_sandbox/config` shows the rule (default `sliding`); PATCH switches it and refuses
+    a rule (or any other choice setting) it does not know."""
+    shown = (await clients.control.get("/_sandbox/config")).json()
+    assert shown["rate_rule"] == "sliding"
+    await clients.config(rate_rule="token_bucket")
+    assert (await clients.control.get("/_sandbox/config")).json()["rate_rule"] == "token_bucket"
+    for name, value in (("rate_rule", "leaky_bucket"), ("rate_scope", "planet"), ("ban_body", 1)):
+        reply = await clients.control.patch("/_sandbox/config", json={name: value})
+        assert reply.status_code == 422, name
+        assert name in reply.json()["detail"]
+    reply = await clients.control.patch("/_sandbox/config", json={"rate_rule": "leaky_bucket"})
+    assert "sliding, fixed, token_bucket" in reply.json()["detail"]

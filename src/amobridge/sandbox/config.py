@@ -1,17 +1,18 @@
 """What the sandbox does where amoCRM's behaviour is a number or is unverified.
 
-Defaults are amoCRM's documented values (``shared/amocrm-api.md``); every fact marked unverified
-there is a switch here. The control API can change a running sandbox's config
+Defaults are amoCRM's documented values; where amoCRM's behaviour is unverified, it is a switch
+here. The control API can change a running sandbox's config
 (``PATCH /_sandbox/config``), so tests shorten lifetimes or switch rate limiting off per test.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 BanBody = Literal["html", "json"]
 RateScope = Literal["integration_account", "ip"]
+RateRule = Literal["sliding", "fixed", "token_bucket"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class SandboxConfig:
     rate_limit_rps: int = 7
     """Requests per second per integration and account (or per client IP: ``rate_scope``)."""
     rate_scope: RateScope = "integration_account"
+    rate_rule: RateRule = "sliding"
+    """How "N per second" is counted (amoCRM does not say): ``sliding`` (any one-second interval,
+    the strictest), ``fixed`` (whole seconds) or ``token_bucket`` (N tokens, N per second)."""
     account_rps_cap: int | None = 50
     """(unverified community claim) Requests per second per account over all integrations."""
     ban_after_violations: int = 20
@@ -87,7 +91,11 @@ class SandboxConfig:
             if name not in known or name == "control_token":
                 raise ValueError(f"unknown sandbox setting {name!r}")
             current = getattr(self, name)
-            if isinstance(current, tuple):
+            choices = _choices(name)
+            if choices is not None:
+                if value not in choices:
+                    raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}")
+            elif isinstance(current, tuple):
                 if not isinstance(value, list | tuple) or not all(
                     isinstance(v, int) and not isinstance(v, bool) for v in value
                 ):
@@ -110,3 +118,9 @@ class SandboxConfig:
         data = asdict(self)
         data.pop("control_token", None)
         return data
+
+
+def _choices(name: str) -> tuple[Any, ...] | None:
+    """The values a ``Literal`` setting allows, or None for any other setting."""
+    hint = get_type_hints(SandboxConfig)[name]
+    return get_args(hint) if get_origin(hint) is Literal else None
