@@ -175,9 +175,9 @@ def keys_generate() -> None:
 @keys_app.command("rotate")
 def keys_rotate() -> None:
     """Re-encrypt every stored secret with the first key of AMOBRIDGE_SECURITY__SECRET_KEYS."""
+    from amobridge.services import Services
     from amobridge.storage.crypto import DecryptionError
     from amobridge.storage.rotate import rotate_all
-    from amobridge.web.app import Services
 
     settings = _settings()
 
@@ -205,8 +205,7 @@ def api_keys_create(
     role: Annotated[str, typer.Option(help="admin or app.")] = "app",
 ) -> None:
     """Create an API key and print it once (only its hash is stored)."""
-    from amobridge.web.app import Services
-    from amobridge.web.auth import create_api_key
+    from amobridge.services import Services
 
     if role not in ("admin", "app"):
         _fail("role must be admin or app", 2)
@@ -216,7 +215,12 @@ def api_keys_create(
         services = Services.build(settings)
         try:
             await services.start(workers=False)
-            return await create_api_key(services.db, name=name, role=role)  # type: ignore[arg-type]
+            async with services.db.transaction() as session:
+                return await services.auth.create_api_key(
+                    session,
+                    name=name,
+                    role=role,  # type: ignore[arg-type]
+                )
         finally:
             await services.stop()
 
@@ -228,7 +232,7 @@ def api_keys_create(
 @connections_app.command("list")
 def connections_list() -> None:
     """Every connection with its status (never a token)."""
-    from amobridge.web.app import Services
+    from amobridge.services import Services
 
     settings = _settings()
 
@@ -236,9 +240,12 @@ def connections_list() -> None:
         services = Services.build(settings)
         try:
             await services.start(workers=False)
-            async with services.db.transaction() as session:
-                rows = await services.connect.connections.all(session)
-            return [await services.connect.status(r.owner) | {"owner": r.owner} for r in rows]
+            async with services.db.read() as session:
+                rows = await services.connections(session).all()
+                return [
+                    await services.connect.status(session, r.owner) | {"owner": r.owner}
+                    for r in rows
+                ]
         finally:
             await services.stop()
 
@@ -260,7 +267,7 @@ def connections_import_env(
     """Turn a seed-style .env (AMOCRM_SUBDOMAIN, AMOCRM_ACCESS_TOKEN, AMO_DOMAIN, …) into a
     connection, so an existing single-account setup migrates in one command."""
     from amobridge.connect.envimport import read_legacy_env
-    from amobridge.web.app import Services
+    from amobridge.services import Services
 
     if not env_file.is_file():
         _fail(f"{env_file} does not exist", 2)
@@ -276,17 +283,19 @@ def connections_import_env(
         services = Services.build(settings)
         try:
             await services.start(workers=False)
-            await services.connect.import_tokens(
-                owner,
-                domain=legacy.domain,
-                access_token=legacy.access_token,
-                refresh_token=legacy.refresh_token,
-                expires_in=None,
-                client_id=legacy.client_id,
-                client_secret=legacy.client_secret,
-                redirect_uri=legacy.redirect_uri,
-            )
-            return await services.connect.status(owner)
+            async with services.db.transaction() as session:
+                await services.connect.import_tokens(
+                    session,
+                    owner,
+                    domain=legacy.domain,
+                    access_token=legacy.access_token,
+                    refresh_token=legacy.refresh_token,
+                    expires_in=None,
+                    client_id=legacy.client_id,
+                    client_secret=legacy.client_secret,
+                    redirect_uri=legacy.redirect_uri,
+                )
+                return await services.connect.status(session, owner)
         finally:
             await services.stop()
 

@@ -17,12 +17,14 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import SecretStr
 
 from amobridge import __version__
+from amobridge.auth.principal import Principal
+from amobridge.dependencies import ReadSession, WriteSession
 from amobridge.sandbox import Sandbox, SandboxConfig, create_sandbox_app
 from amobridge.sandbox.clock import Clock
 from amobridge.sandbox.demo import seed_demo
+from amobridge.services import Services
 from amobridge.settings import Environment, Settings
-from amobridge.web.app import Services, create_app
-from amobridge.web.auth import Principal
+from amobridge.web.app import create_app
 
 DEMO_OWNER = "demo-user"
 
@@ -32,17 +34,18 @@ def add_demo_routes(app: FastAPI, services: Services) -> None:
     from amobridge.connect.router import connect_page
 
     @app.get("/demo/connect", include_in_schema=False)
-    async def demo_connect() -> RedirectResponse:
-        return RedirectResponse(await services.connect.start(DEMO_OWNER), status_code=302)
+    async def demo_connect(session: WriteSession) -> RedirectResponse:
+        url = await services.connect.start(session, DEMO_OWNER)
+        return RedirectResponse(url, status_code=302)
 
     @app.get("/demo/button", include_in_schema=False)
-    async def demo_button(request: Request) -> Response:
+    async def demo_button(request: Request, session: WriteSession) -> Response:
         principal = Principal(role="user", name=DEMO_OWNER, owner=DEMO_OWNER)
-        return await connect_page(request, services.connect, principal, None, "web", None)
+        return await connect_page(request, services.connect, session, principal, None, "web", None)
 
     @app.get("/demo/status", include_in_schema=False)
-    async def demo_status() -> dict[str, object]:
-        return await services.connect.status(DEMO_OWNER)
+    async def demo_status(session: ReadSession) -> dict[str, object]:
+        return await services.connect.status(session, DEMO_OWNER)
 
 
 def demo_settings(

@@ -210,6 +210,13 @@ class AmoSettings(_Group):
     )
     refresh_leeway_seconds: int = Field(300, ge=0)
     keepalive_refresh_days: int = Field(30, ge=1, le=85)
+    connection_check_ms: int = Field(
+        500,
+        ge=0,
+        le=60_000,
+        description="How stale a process's view of a connection's status may be: a disconnect or "
+        "re-connect made by another process takes effect within this time.",
+    )
 
 
 class MobileSettings(_Group):
@@ -290,6 +297,7 @@ _NUMERIC_LIMITS = frozenset(
         "state_ttl_seconds",
         "refresh_leeway_seconds",
         "keepalive_refresh_days",
+        "connection_check_ms",
     }
 )
 

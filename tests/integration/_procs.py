@@ -75,7 +75,7 @@ def worker_context() -> Any:
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(["amobridge.web.app", __name__])
+        _context.set_forkserver_preload(["amobridge.services", __name__])
     return _context
 
 
@@ -133,7 +133,7 @@ def refresh_worker(config: dict[str, Any], barrier: Any, outcomes: Any) -> None:
 
 async def _refresh_worker(config: dict[str, Any], barrier: Any) -> dict[str, Any]:
     from amobridge.amo.ratelimit import InMemoryRateLimiter
-    from amobridge.web.app import Services
+    from amobridge.services import Services
 
     settings = service_settings(
         config["database_url"],
@@ -145,7 +145,7 @@ async def _refresh_worker(config: dict[str, Any], barrier: Any) -> dict[str, Any
     services = Services.build(settings)
     try:
         async with services.db.transaction() as session:
-            connection = await services.connect.connections.for_owner(session, config["owner"])
+            connection = await services.connections(session).for_owner(config["owner"])
         assert connection is not None, "no connection for the owner"
         # The service paces 7 requests/second per connection (amoCRM's limit; the shared,
         # cross-process pace is proven by test_rate_limit_shared.py). The sandbox's limiter is
@@ -265,7 +265,7 @@ async def full_flows(stack: Any) -> dict[str, str]:
     # Re-auth: a grant amoCRM revoked (its refresh token spent elsewhere).
     assert (await stack.connect("revoked-user")).status_code == 200
     row = await _connection(stack, "revoked-user")
-    tokens = stack.services.connect.connections.tokens(row)
+    tokens = stack.services.tokens_of(row)
     stack.sandbox.state.refresh_tokens[tokens.refresh_token].revoked = True
     await control.post("/_sandbox/tokens/expire", json={"account_id": account_id})
     try:
@@ -320,7 +320,7 @@ async def full_flows(stack: Any) -> dict[str, str]:
 
 async def _connection(stack: Any, owner: str) -> Any:
     async with stack.services.db.transaction() as session:
-        row = await stack.services.connect.connections.for_owner(session, owner)
+        row = await stack.services.connections(session).for_owner(owner)
     assert row is not None, f"no connection for {owner}"
     return row
 

@@ -236,7 +236,7 @@ async def test_import_long_lived_token_admin_only(stack: Any) -> None:
     assert reply.json()["longLived"] is True
     assert token not in reply.text
     async with stack.services.db.transaction() as session:
-        row = await stack.services.connect.connections.for_owner(session, "dev")
+        row = await stack.services.connections(session).for_owner("dev")
     client = await stack.services.clients.client(row)
     account = await client.account.get()
     assert account.id == stack.account["id"]
@@ -297,15 +297,15 @@ async def test_uninstall_with_bad_signature_changes_nothing(stack: Any) -> None:
 async def test_refresh_on_expiry_persists_rotated_pair(stack: Any) -> None:
     await stack.connect("u")
     async with stack.services.db.transaction() as session:
-        row = await stack.services.connect.connections.for_owner(session, "u")
-        before = stack.services.connect.connections.tokens(row)
+        row = await stack.services.connections(session).for_owner("u")
+        before = stack.services.tokens_of(row)
     await stack.control.post("/_sandbox/tokens/expire", json={})
     client = await stack.services.clients.client(row)
     account = await client.account.get()
     assert account.id == stack.account["id"]
     async with stack.services.db.transaction() as session:
-        row = await stack.services.connect.connections.for_owner(session, "u")
-        after = stack.services.connect.connections.tokens(row)
+        row = await stack.services.connections(session).for_owner("u")
+        after = stack.services.tokens_of(row)
     assert after.refresh_token != before.refresh_token
     refreshes = [
         r
@@ -321,9 +321,9 @@ async def test_revoked_grant_marks_reauth_required_and_audits(stack: Any) -> Non
     await stack.connect("u")
     await stack.connect("v")
     async with stack.services.db.transaction() as session:
-        row = await stack.services.connect.connections.for_owner(session, "u")
+        row = await stack.services.connections(session).for_owner("u")
     # amoCRM revokes u's grant (its refresh token is spent elsewhere): expire and revoke it.
-    tokens = stack.services.connect.connections.tokens(row)
+    tokens = stack.services.tokens_of(row)
     stack.sandbox.state.refresh_tokens[tokens.refresh_token].revoked = True
     await stack.control.post("/_sandbox/tokens/expire", json={})
     client = await stack.services.clients.client(row)
@@ -344,9 +344,9 @@ async def test_revoked_grant_marks_reauth_required_and_audits(stack: Any) -> Non
         "/amocrm/status", params={"owner": "v"}, headers=stack.app_headers()
     )
     assert other.json()["status"] == "active"
-    from amobridge.connect.repository import AuditLog
+    from amobridge.audit import AuditRepository
 
     async with stack.services.db.transaction() as session:
-        entries = await AuditLog().tail(session, owner="u", action="reauth_required")
+        entries = await AuditRepository(session).tail(owner="u", action="reauth_required")
     assert entries
     assert "/amocrm/auth" in (entries[0].message or "")

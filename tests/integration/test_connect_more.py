@@ -18,9 +18,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import func, select, update
 
 from amobridge.errors import ConfigurationError
+from amobridge.services import Services, build_keyring
 from amobridge.settings import Settings
 from amobridge.storage.tables import ButtonSecret, Connection, OAuthState
-from amobridge.web.app import Services, build_keyring, create_app
+from amobridge.web.app import create_app
 
 
 async def _button_state(stack: Any, owner: str = "u") -> str:
@@ -90,7 +91,7 @@ async def test_expired_secrets_are_not_used_and_are_purged(stack: Any) -> None:
     async with stack.services.db.transaction() as session:
         await session.execute(update(ButtonSecret).values(expires_at=past))
         await session.execute(update(OAuthState).values(expires_at=past))
-    states, secrets = await stack.services.connect.purge_expired()
+    states, secrets = await stack.services.connect_tasks.purge_expired()
     assert secrets == 1
     assert states >= 1
     assert await _secret_rows(stack) == 0
@@ -128,14 +129,16 @@ async def test_keepalive_refreshes_idle_connections(stack: Any) -> None:
         await session.execute(
             update(Connection).values(last_refresh_at=datetime.now(UTC) - timedelta(days=40))
         )
-    refreshed = await stack.services.connect.keepalive(older_than=timedelta(days=30))
-    assert refreshed == 1
+    report = await stack.services.connect_tasks.keepalive(older_than=timedelta(days=30))
+    assert report.refreshed == 1
     status = await stack.http.get(
         "/amocrm/status", params={"owner": "idle"}, headers=stack.app_headers()
     )
     last = datetime.fromisoformat(status.json()["lastRefreshAt"])
     assert datetime.now(UTC) - last < timedelta(minutes=1)
-    assert await stack.services.connect.keepalive(older_than=timedelta(days=30)) == 0
+    assert (
+        await stack.services.connect_tasks.keepalive(older_than=timedelta(days=30))
+    ).refreshed == 0
 
 
 def test_production_refuses_to_start_without_keys(tmp_path: Any) -> None:
@@ -246,6 +249,9 @@ async def test_reauth_callback_is_signed(
             await client.account.get()
         with pytest.raises(AmoReauthRequired):
             await client.account.get()
+        assert received == []  # queued, never POSTed on the caller's path
+        assert await services.connect_tasks.deliver_notifications() == 1
+        assert await services.connect_tasks.deliver_notifications() == 0  # delivered once
     finally:
         await services.stop()
     assert len(received) == 1  # once per dead grant, not once per failed call

@@ -20,9 +20,9 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from amobridge.cli import app
+from amobridge.services import Services
 from amobridge.settings import Settings
 from amobridge.storage.crypto import generate_key
-from amobridge.web.app import Services
 from sandbox_support import Connected, connect
 
 
@@ -105,7 +105,7 @@ async def test_seed_002_env_becomes_a_working_refreshing_connection(
     services = services_for(database_url, key, sandbox_app)
     try:
         async with services.db.transaction() as session:
-            row = await services.connect.connections.for_owner(session, "school")
+            row = await services.connections(session).for_owner("school")
         assert row is not None
         assert (row.host, row.account_id, row.long_lived) == (
             school.host,
@@ -118,9 +118,9 @@ async def test_seed_002_env_becomes_a_working_refreshing_connection(
         await control.post("/_sandbox/tokens/expire", json={"account_id": school.account_id})
         assert (await client.account.get()).id == school.account_id
         async with services.db.transaction() as session:
-            row = await services.connect.connections.for_owner(session, "school")
+            row = await services.connections(session).for_owner("school")
             assert row is not None
-            tokens = services.connect.connections.tokens(row)
+            tokens = services.tokens_of(row)
         assert tokens is not None
         assert tokens.refresh_token != school.tokens["refresh_token"]
         refreshes = [
@@ -158,7 +158,7 @@ async def test_seed_001_names_are_understood(
     services = services_for(database_url, key, sandbox_app)
     try:
         async with services.db.transaction() as session:
-            row = await services.connect.connections.for_owner(session, "clinic")
+            row = await services.connections(session).for_owner("clinic")
         assert row is not None
         client = await services.clients.client(row)
         assert (await client.account.get()).id == school.account_id
@@ -191,7 +191,7 @@ async def test_long_lived_token_env(
     services = services_for(database_url, key, sandbox_app)
     try:
         async with services.db.transaction() as session:
-            row = await services.connect.connections.for_owner(session, "solo")
+            row = await services.connections(session).for_owner("solo")
         assert row is not None
         assert row.long_lived is True
         assert row.refresh_token_enc is None
@@ -231,6 +231,6 @@ async def test_placeholders_are_refused_with_exit_2(
     services = services_for(database_url, key, sandbox_app)
     try:
         async with services.db.transaction() as session:
-            assert await services.connect.connections.all(session) == []
+            assert await services.connections(session).all() == []
     finally:
         await services.stop()

@@ -18,9 +18,9 @@ from sqlalchemy import select
 from typer.testing import CliRunner, Result
 
 from amobridge.cli import app
+from amobridge.services import Services
 from amobridge.storage.crypto import DecryptionError, Keyring, generate_key
 from amobridge.storage.rotate import ENCRYPTED
-from amobridge.web.app import Services
 
 
 async def cli(database_url: str, keys: list[str], *args: str) -> Result:
@@ -103,13 +103,13 @@ async def test_rotate_then_drop_the_old_key(
     services = Services.build(settings, amo_transport=httpx.ASGITransport(app=sandbox_app))
     try:
         async with services.db.transaction() as session:
-            row = await services.connect.connections.for_owner(session, "u")
+            row = await services.connections(session).for_owner("u")
         assert row is not None
         await stack.control.post("/_sandbox/tokens/expire", json={})
         account = await (await services.clients.client(row)).account.get()
         assert account.id == stack.account["id"]
         async with services.db.transaction() as session:
-            after_refresh = await services.connect.connections.for_owner(session, "u")
+            after_refresh = await services.connections(session).for_owner("u")
         assert after_refresh is not None
         assert after_refresh.token_version == row.token_version + 1  # refreshed once
         assert after_refresh.refresh_token_enc is not None

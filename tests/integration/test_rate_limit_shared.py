@@ -68,7 +68,7 @@ async def test_pause_holds_every_process(database_url: str) -> None:
 async def test_two_services_stay_under_the_sandbox_limit(stack: Any) -> None:
     """Two service instances on one database, one connection, rate limiting ON in the sandbox:
     30 calls, 0 responses 429 (§7)."""
-    from amobridge.web.app import Services
+    from amobridge.services import Services
 
     await stack.connect("shared")
     await stack.control.patch(
@@ -77,7 +77,7 @@ async def test_two_services_stay_under_the_sandbox_limit(stack: Any) -> None:
     other = Services.build(stack.settings, amo_transport=stack.services.clients.transport)
     try:
         async with stack.services.db.transaction() as session:
-            row = await stack.services.connect.connections.for_owner(session, "shared")
+            row = await stack.services.connections(session).for_owner("shared")
         clients = [
             await stack.services.clients.client(row),
             await other.clients.client(row),
@@ -98,8 +98,8 @@ async def test_two_services_stay_under_the_sandbox_limit(stack: Any) -> None:
 
 
 def test_service_uses_the_database_limiter_by_default(tmp_path: Any) -> None:
+    from amobridge.services import Services
     from amobridge.settings import Settings
-    from amobridge.web.app import Services
 
     settings = Settings(
         database={"url": f"sqlite:///{tmp_path}/x.db"},

@@ -1,27 +1,34 @@
-"""All SQL about connections, integrations and the audit log. Repositories never commit: the
-caller's transaction (``Database.transaction()``) does.
+"""All SQL about connections and integrations. Repositories are built per unit of work around the
+caller's session and never commit (see :mod:`amobridge.storage.repository`).
 
-Owner isolation (invariant 6): every read an owner can trigger goes through ``*_for_owner``
-methods that filter by owner; the id-based methods are for workers and admins only.
+Owner isolation (invariant 6): every read an owner can trigger goes through ``for_owner``; the
+id-based methods are for workers, admins and amoCRM's hooks.
+
+Three rules keep a grant alive across processes:
+- a disconnected row is final until the owner connects again: nothing but :meth:`connect` writes
+  tokens into it, and a dead-grant report never turns it into ``reauth_required``;
+- a refreshed pair is saved only by the holder of the row's refresh lease, only while that lease
+  is live by the database's clock, and only if ``token_version`` is still the one the holder read
+  (:meth:`save_refreshed`): a holder that outlived its lease loses, its late pair never overwrites
+  a newer one;
+- lease times come from the database's clock on PostgreSQL (one clock for every host).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amobridge.storage.crypto import Keyring
-from amobridge.storage.tables import AuditEntry, Connection, Integration
+from amobridge.storage.repository import Repository
+from amobridge.storage.tables import Connection, HostNotification, Integration, utcnow
 
 REFRESH_LIFETIME = timedelta(days=90)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -32,15 +39,47 @@ class Tokens:
     refresh_token: str | None
     expires_at: datetime | None
     long_lived: bool = False
+    issued_at: datetime | None = None
 
 
-class IntegrationRepository:
-    def __init__(self, keyring: Keyring) -> None:
+@dataclass(frozen=True)
+class Pulse:
+    """What every process checks before it uses a cached client: cheap, one primary-key read."""
+
+    status: str
+    token_version: int
+    integration_id: str | None
+
+
+class SaveRefused(StrEnum):
+    gone = "the connection no longer exists"
+    disconnected = "the connection was disconnected"
+    lease_lost = "the refresh lease expired or passed to another process"
+    superseded = "a newer token pair was stored meanwhile"
+
+
+def decrypt_tokens(keyring: Keyring, row: Connection) -> Tokens | None:
+    """The row's pair in plaintext (in memory only), or None when it holds none."""
+    if row.access_token_enc is None:
+        return None
+    return Tokens(
+        access_token=keyring.decrypt(row.access_token_enc),
+        refresh_token=keyring.decrypt(row.refresh_token_enc) if row.refresh_token_enc else None,
+        expires_at=row.expires_at,
+        long_lived=row.long_lived,
+        issued_at=row.issued_at,
+    )
+
+
+class IntegrationRepository(Repository[Integration]):
+    model = Integration
+
+    def __init__(self, session: AsyncSession, keyring: Keyring) -> None:
+        super().__init__(session)
         self._keyring = keyring
 
     async def upsert(
         self,
-        session: AsyncSession,
         *,
         client_id: str,
         client_secret: str,
@@ -48,35 +87,38 @@ class IntegrationRepository:
         source: str,
         name: str | None = None,
     ) -> Integration:
-        found = await session.scalar(select(Integration).where(Integration.client_id == client_id))
+        found = await self.by_client_id(client_id)
         if found is None:
-            found = Integration(client_id=client_id, source=source, name=name)
-            session.add(found)
+            found = self.add(Integration(client_id=client_id, source=source, name=name))
         found.client_secret_enc = self._keyring.encrypt(client_secret)
         found.redirect_uri = redirect_uri
         if name is not None:
             found.name = name
-        await session.flush()
+        await self.flush()
         return found
 
-    async def get(self, session: AsyncSession, integration_id: str) -> Integration | None:
-        return await session.get(Integration, integration_id)
+    async def by_client_id(self, client_id: str) -> Integration | None:
+        return await self.session.scalar(
+            select(Integration).where(Integration.client_id == client_id)
+        )
 
     def secret(self, integration: Integration) -> str:
         return self._keyring.decrypt(integration.client_secret_enc)
 
 
-class ConnectionRepository:
-    def __init__(self, keyring: Keyring) -> None:
+class ConnectionRepository(Repository[Connection]):
+    model = Connection
+
+    def __init__(self, session: AsyncSession, keyring: Keyring) -> None:
+        super().__init__(session)
         self._keyring = keyring
 
     # --- owner-scoped ------------------------------------------------------------------------
-    async def for_owner(self, session: AsyncSession, owner: str) -> Connection | None:
-        return await session.scalar(select(Connection).where(Connection.owner == owner))
+    async def for_owner(self, owner: str) -> Connection | None:
+        return await self.session.scalar(select(Connection).where(Connection.owner == owner))
 
     async def connect(
         self,
-        session: AsyncSession,
         *,
         owner: str,
         integration_id: str | None,
@@ -85,10 +127,9 @@ class ConnectionRepository:
         tokens: Tokens,
     ) -> Connection:
         """Store a new grant for ``owner`` (a re-connect replaces the old one)."""
-        row = await self.for_owner(session, owner)
+        row = await self.for_owner(owner)
         if row is None:
-            row = Connection(owner=owner, host=host)
-            session.add(row)
+            row = self.add(Connection(owner=owner, host=host))
         row.integration_id = integration_id
         row.host = host
         row.account_id = account_id
@@ -96,81 +137,149 @@ class ConnectionRepository:
         row.last_error = None
         row.refresh_lease_until = None
         row.refresh_lease_holder = None
-        self._write_tokens(row, tokens)
-        row.last_refresh_at = now()
-        await session.flush()
+        self._write_tokens(row, tokens, now=await self.db_now())
+        await self.flush()
         return row
 
-    async def disconnect(self, session: AsyncSession, owner: str) -> Connection | None:
-        row = await self.for_owner(session, owner)
+    async def disconnect(self, owner: str) -> Connection | None:
+        row = await self.for_owner(owner)
         if row is None:
             return None
-        self._mark_disconnected(row)
+        self.disconnect_row(row)
         return row
 
     # --- by id: workers, admins, amoCRM's hooks -------------------------------------------------
-    async def get(self, session: AsyncSession, connection_id: str) -> Connection | None:
-        return await session.get(Connection, connection_id)
-
-    async def by_account(self, session: AsyncSession, account_id: int) -> list[Connection]:
-        rows = await session.scalars(select(Connection).where(Connection.account_id == account_id))
+    async def by_account(self, account_id: int) -> list[Connection]:
+        rows = await self.session.scalars(
+            select(Connection).where(Connection.account_id == account_id)
+        )
         return list(rows)
 
-    async def all(self, session: AsyncSession) -> list[Connection]:
-        return list(await session.scalars(select(Connection).order_by(Connection.created_at)))
+    async def all(self) -> list[Connection]:
+        return list(await self.session.scalars(select(Connection).order_by(Connection.created_at)))
+
+    async def pulse(self, connection_id: str) -> Pulse | None:
+        row = (
+            await self.session.execute(
+                select(
+                    Connection.status, Connection.token_version, Connection.integration_id
+                ).where(Connection.id == connection_id)
+            )
+        ).first()
+        if row is None:
+            return None
+        return Pulse(row[0], int(row[1] or 0), row[2])
 
     def disconnect_row(self, row: Connection) -> None:
-        self._mark_disconnected(row)
+        row.status = "disconnected"
+        row.access_token_enc = None
+        row.refresh_token_enc = None
+        row.expires_at = None
+        row.issued_at = None
+        row.refresh_expires_at = None
+        row.refresh_lease_until = None
+        row.refresh_lease_holder = None
+        row.token_version = (row.token_version or 0) + 1
 
     def tokens(self, row: Connection) -> Tokens | None:
-        if row.access_token_enc is None:
-            return None
-        return Tokens(
-            access_token=self._keyring.decrypt(row.access_token_enc),
-            refresh_token=(
-                self._keyring.decrypt(row.refresh_token_enc) if row.refresh_token_enc else None
-            ),
-            expires_at=row.expires_at,
-            long_lived=row.long_lived,
-        )
+        return decrypt_tokens(self._keyring, row)
 
-    async def save_tokens(self, session: AsyncSession, connection_id: str, tokens: Tokens) -> None:
-        row = await session.get(Connection, connection_id, with_for_update=True)
+    async def save_refreshed(
+        self,
+        connection_id: str,
+        tokens: Tokens,
+        *,
+        holder: str,
+        base_version: int,
+        host: str | None = None,
+    ) -> int | SaveRefused:
+        """Store a refreshed pair: one conditional UPDATE, the new ``token_version`` or why not."""
+        now = await self.db_now()
+        values: dict[str, object] = self._token_values(tokens, now=now)
+        values.update(
+            token_version=base_version + 1,
+            last_refresh_at=now,
+            last_error=None,
+            status="active",
+        )
+        if host:
+            values["host"] = host
+        result = await self.session.execute(
+            update(Connection)
+            .where(
+                Connection.id == connection_id,
+                Connection.status != "disconnected",
+                Connection.refresh_lease_holder == holder,
+                Connection.refresh_lease_until > now,
+                Connection.token_version == base_version,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0):
+            return base_version + 1
+        return await self._why_refused(connection_id, holder=holder, base_version=base_version)
+
+    async def _why_refused(
+        self, connection_id: str, *, holder: str, base_version: int
+    ) -> SaveRefused:
+        row = (
+            await self.session.execute(
+                select(
+                    Connection.status,
+                    Connection.token_version,
+                    Connection.refresh_lease_holder,
+                ).where(Connection.id == connection_id)
+            )
+        ).first()
         if row is None:
-            raise LookupError(f"connection {connection_id} no longer exists")
-        self._write_tokens(row, tokens)
-        row.last_refresh_at = now()
-        row.last_error = None
-        if row.status == "reauth_required":
-            row.status = "active"
+            return SaveRefused.gone
+        if row[0] == "disconnected":
+            return SaveRefused.disconnected
+        if int(row[1] or 0) != base_version:
+            return SaveRefused.superseded
+        return SaveRefused.lease_lost
 
     async def mark_reauth_required(
-        self, session: AsyncSession, connection_id: str, error: str
-    ) -> Connection | None:
-        row = await session.get(Connection, connection_id)
-        if row is None:
-            return None
-        row.status = "reauth_required"
-        row.last_error = error
-        return row
+        self, connection_id: str, error: str, *, seen_version: int | None = None
+    ) -> bool:
+        """Flag a dead grant — only on an active row, and only the grant that was seen dying: a
+        disconnected row stays disconnected, a grant replaced meanwhile is not blamed, and a grant
+        already flagged is not flagged (audited, notified) twice. True when this call flagged it."""
+        query = update(Connection).where(
+            Connection.id == connection_id, Connection.status == "active"
+        )
+        if seen_version is not None:
+            query = query.where(Connection.token_version == seen_version)
+        result = await self.session.execute(
+            query.values(status="reauth_required", last_error=error).execution_options(
+                synchronize_session=False
+            )
+        )
+        return bool(getattr(result, "rowcount", 0))
 
-    async def record_error(self, session: AsyncSession, connection_id: str, error: str) -> None:
-        await session.execute(
-            update(Connection).where(Connection.id == connection_id).values(last_error=error)
+    async def record_error(self, connection_id: str, error: str) -> None:
+        await self.session.execute(
+            update(Connection)
+            .where(Connection.id == connection_id)
+            .values(last_error=error[:2000])
+            .execution_options(synchronize_session=False)
         )
 
-    async def touch(self, session: AsyncSession, connection_id: str) -> None:
-        await session.execute(
-            update(Connection).where(Connection.id == connection_id).values(last_used_at=now())
+    async def touch(self, connection_id: str) -> None:
+        await self.session.execute(
+            update(Connection)
+            .where(Connection.id == connection_id)
+            .values(last_used_at=await self.db_now())
+            .execution_options(synchronize_session=False)
         )
 
     # --- the cross-process refresh lease -------------------------------------------------------
-    async def try_lease(
-        self, session: AsyncSession, connection_id: str, holder: str, seconds: float
-    ) -> bool:
-        """Take the refresh lease if nobody holds a live one (one conditional UPDATE)."""
-        moment = now()
-        result = await session.execute(
+    async def try_lease(self, connection_id: str, holder: str, seconds: float) -> int | None:
+        """Take the refresh lease if nobody holds a live one (one conditional UPDATE, the
+        database's clock). Returns the ``token_version`` the holder starts from, or None."""
+        moment = await self.db_now()
+        result = await self.session.execute(
             update(Connection)
             .where(
                 Connection.id == connection_id,
@@ -181,98 +290,116 @@ class ConnectionRepository:
                 refresh_lease_until=moment + timedelta(seconds=seconds),
                 refresh_lease_holder=holder,
             )
+            .returning(Connection.token_version)
+            .execution_options(synchronize_session=False)
         )
-        return bool(getattr(result, "rowcount", 0))
+        version = result.scalar_one_or_none()
+        return None if version is None else int(version)
 
-    async def release_lease(self, session: AsyncSession, connection_id: str, holder: str) -> None:
-        await session.execute(
+    async def release_lease(self, connection_id: str, holder: str) -> None:
+        await self.session.execute(
             update(Connection)
             .where(Connection.id == connection_id, Connection.refresh_lease_holder == holder)
             .values(refresh_lease_until=None, refresh_lease_holder=None)
+            .execution_options(synchronize_session=False)
         )
 
-    async def due_for_keepalive(
-        self, session: AsyncSession, *, idle_before: datetime, limit: int = 100
-    ) -> list[Connection]:
-        rows = await session.scalars(
-            select(Connection)
+    async def due_for_keepalive(self, *, idle_before: datetime, limit: int = 100) -> list[str]:
+        rows = await self.session.scalars(
+            select(Connection.id)
             .where(
                 Connection.status == "active",
                 Connection.long_lived.is_(False),
                 Connection.refresh_token_enc.is_not(None),
                 Connection.last_refresh_at < idle_before,
             )
+            .order_by(Connection.last_refresh_at)
             .limit(limit)
         )
         return list(rows)
 
     # --- internals ----------------------------------------------------------------------------
-    def _write_tokens(self, row: Connection, tokens: Tokens) -> None:
-        row.access_token_enc = self._keyring.encrypt(tokens.access_token)
-        row.refresh_token_enc = (
-            self._keyring.encrypt(tokens.refresh_token) if tokens.refresh_token else None
-        )
-        row.expires_at = tokens.expires_at
-        row.long_lived = tokens.long_lived
-        row.refresh_expires_at = None if tokens.long_lived else now() + REFRESH_LIFETIME
+    def _token_values(self, tokens: Tokens, *, now: datetime) -> dict[str, object]:
+        return {
+            "access_token_enc": self._keyring.encrypt(tokens.access_token),
+            "refresh_token_enc": (
+                self._keyring.encrypt(tokens.refresh_token) if tokens.refresh_token else None
+            ),
+            "expires_at": tokens.expires_at,
+            "issued_at": tokens.issued_at or now,
+            "long_lived": tokens.long_lived,
+            "refresh_expires_at": None if tokens.long_lived else now + REFRESH_LIFETIME,
+            "refresh_lease_until": None,
+            "refresh_lease_holder": None,
+        }
+
+    def _write_tokens(self, row: Connection, tokens: Tokens, *, now: datetime) -> None:
+        for name, value in self._token_values(tokens, now=now).items():
+            setattr(row, name, value)
+        row.last_refresh_at = now
         row.token_version = (row.token_version or 0) + 1
 
-    def _mark_disconnected(self, row: Connection) -> None:
-        row.status = "disconnected"
-        row.access_token_enc = None
-        row.refresh_token_enc = None
-        row.expires_at = None
-        row.refresh_expires_at = None
-        row.refresh_lease_until = None
-        row.refresh_lease_holder = None
 
+class NotificationRepository(Repository[HostNotification]):
+    """The queue of events for the host app's callback URL."""
 
-class AuditLog:
-    async def record(
-        self,
-        session: AsyncSession,
-        *,
-        actor: str,
-        action: str,
-        success: bool,
-        owner: str | None = None,
-        connection_id: str | None = None,
-        message: str | None = None,
-        error: str | None = None,
-        lead_id: int | None = None,
-        stage_id: int | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        session.add(
-            AuditEntry(
-                at=now(),
-                actor=actor,
-                action=action,
-                success=success,
+    model = HostNotification
+
+    def enqueue(
+        self, *, event: str, owner: str | None, connection_id: str | None, payload: dict[str, Any]
+    ) -> HostNotification:
+        return self.add(
+            HostNotification(
+                event=event,
                 owner=owner,
                 connection_id=connection_id,
-                message=message,
-                error=error,
-                lead_id=lead_id,
-                stage_id=stage_id,
-                details=details,
+                payload=payload,
+                status="pending",
+                attempts=0,
+                next_attempt_at=utcnow(),
             )
         )
 
-    async def tail(
-        self,
-        session: AsyncSession,
-        *,
-        owner: str | None = None,
-        action: str | None = None,
-        success: bool | None = None,
-        limit: int = 100,
-    ) -> list[AuditEntry]:
-        query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
-        if owner is not None:
-            query = query.where(AuditEntry.owner == owner)
-        if action is not None:
-            query = query.where(AuditEntry.action == action)
-        if success is not None:
-            query = query.where(AuditEntry.success.is_(success))
-        return list(await session.scalars(query))
+    async def due(self, *, now: datetime, limit: int = 20) -> list[HostNotification]:
+        rows = await self.session.scalars(
+            select(HostNotification)
+            .where(HostNotification.status == "pending", HostNotification.next_attempt_at <= now)
+            .order_by(HostNotification.next_attempt_at)
+            .limit(limit)
+        )
+        return list(rows)
+
+    async def claim(self, row: HostNotification, *, until: datetime) -> bool:
+        """Take one delivery attempt (one conditional UPDATE: two processes never both send)."""
+        result = await self.session.execute(
+            update(HostNotification)
+            .where(
+                HostNotification.id == row.id,
+                HostNotification.status == "pending",
+                HostNotification.attempts == row.attempts,
+            )
+            .values(attempts=row.attempts + 1, next_attempt_at=until)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def delivered(self, notification_id: int, *, at: datetime) -> None:
+        await self.session.execute(
+            update(HostNotification)
+            .where(HostNotification.id == notification_id)
+            .values(status="delivered", delivered_at=at, last_error=None)
+            .execution_options(synchronize_session=False)
+        )
+
+    async def failed(self, notification_id: int, *, error: str, retry_at: datetime | None) -> None:
+        values: dict[str, object] = {"last_error": error[:2000]}
+        if retry_at is None:
+            values["status"] = "failed"
+        else:
+            values["next_attempt_at"] = retry_at
+        await self.session.execute(
+            update(HostNotification)
+            .where(HostNotification.id == notification_id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )

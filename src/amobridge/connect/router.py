@@ -10,12 +10,13 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel, ConfigDict, Field
 
-from amobridge.connect.service import PROBLEMS, CallbackOutcome, ConnectService
+from amobridge.auth.dependencies import BrowserPrincipal, CurrentPrincipal
+from amobridge.connect.problems import PROBLEMS, CallbackOutcome
+from amobridge.connect.schemas import ExchangeCodeBody, ImportTokensBody
+from amobridge.connect.service import ConnectService
+from amobridge.dependencies import ReadSession, WriteSession
 from amobridge.errors import Forbidden, ServiceError
-from amobridge.web.auth import Principal
-from amobridge.web.deps import current_principal, principal_or_query_token
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 router = APIRouter(tags=["connect"])
@@ -29,31 +30,11 @@ def service(request: Request) -> ConnectService:
 Service = Annotated[ConnectService, Depends(service)]
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-
-class ExchangeCodeBody(_Body):
-    code: str = Field(min_length=1, max_length=4096)
-    referer: str = Field(min_length=1, max_length=255)
-    owner: str | None = Field(None, max_length=255)
-
-
-class ImportTokensBody(_Body):
-    owner: str = Field(min_length=1, max_length=255)
-    domain: str = Field(min_length=1, max_length=255, description="acme.amocrm.ru or acme")
-    access_token: str = Field(min_length=1, max_length=8192)
-    refresh_token: str | None = Field(None, max_length=8192)
-    expires_in: int | None = Field(None, ge=1, le=5 * 365 * 86400)
-    client_id: str | None = Field(None, max_length=128)
-    client_secret: str | None = Field(None, max_length=1024)
-    redirect_uri: str | None = Field(None, max_length=2048)
-
-
 @router.get("/amocrm/auth", summary="Start the OAuth redirect flow")
 async def auth(
     svc: Service,
-    principal: Annotated[Principal, Depends(principal_or_query_token)],
+    session: WriteSession,
+    principal: BrowserPrincipal,
     owner: str | None = None,
     return_: Annotated[Literal["web", "app"], Query(alias="return")] = "web",
     redirect: Annotated[str | None, Query(max_length=2048)] = None,
@@ -62,7 +43,7 @@ async def auth(
     """302 to amoCRM's consent page (or ``{"url"}`` with ``format=json`` for host backends that
     hand the URL to a browser). ``return=app`` ends on a deep-link page for mobile apps."""
     who = principal.owner_for(owner)
-    url = await svc.start(who, return_to=return_, app_redirect=redirect)
+    url = await svc.start(session, who, return_to=return_, app_redirect=redirect)
     if format == "json":
         return JSONResponse({"url": url, "expires_in": int(svc.states.ttl.total_seconds())})
     return RedirectResponse(url, status_code=302)
@@ -72,13 +53,14 @@ async def auth(
 async def connect_page(
     request: Request,
     svc: Service,
-    principal: Annotated[Principal, Depends(principal_or_query_token)],
+    session: WriteSession,
+    principal: BrowserPrincipal,
     owner: str | None = None,
     return_: Annotated[Literal["web", "app"], Query(alias="return")] = "web",
     redirect: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> Response:
     who = principal.owner_for(owner)
-    state = await svc.button_state(who, return_to=return_, app_redirect=redirect)
+    state = await svc.button_state(session, who, return_to=return_, app_redirect=redirect)
     amo = svc.settings.amo
     button = {
         "name": amo.button_name,
@@ -98,10 +80,10 @@ async def connect_page(
 
 
 @router.post("/amocrm/secrets", summary="amoCRM's secrets webhook (website button)")
-async def secrets(request: Request, svc: Service) -> Response:
+async def secrets(request: Request, svc: Service, session: WriteSession) -> Response:
     """Exactly 200 on success: amoCRM's popup fails on anything else (a 204 was seen to)."""
     body = await request.body()
-    await svc.accept_secrets(body, request.headers.get("content-type", ""))
+    await svc.accept_secrets(session, body, request.headers.get("content-type", ""))
     return JSONResponse({"status": "ok"}, status_code=200)
 
 
@@ -157,23 +139,26 @@ def render_outcome(request: Request, svc: ConnectService, outcome: CallbackOutco
 @router.post("/amocrm/exchange-code", summary="Exchange a code the app received itself")
 async def exchange_code(
     svc: Service,
-    principal: Annotated[Principal, Depends(current_principal)],
+    principal: CurrentPrincipal,
     body: ExchangeCodeBody,
 ) -> dict[str, Any]:
     who = principal.owner_for(body.owner)
-    await svc.exchange_code_for(who, body.code, body.referer)
-    return await svc.status(who)
+    await svc.exchange_code_for(who, body.code, body.referer)  # its own units: it calls amoCRM
+    async with svc.db.read() as session:
+        return await svc.status(session, who)
 
 
 @router.post("/amocrm/tokens", summary="Import tokens by hand (admin)", status_code=201)
 async def import_tokens(
     svc: Service,
-    principal: Annotated[Principal, Depends(current_principal)],
+    session: WriteSession,
+    principal: CurrentPrincipal,
     body: Annotated[ImportTokensBody, Body()],
 ) -> dict[str, Any]:
     if not principal.is_admin:
         raise Forbidden("importing tokens needs an admin API key")
     await svc.import_tokens(
+        session,
         body.owner,
         domain=body.domain,
         access_token=body.access_token,
@@ -183,37 +168,40 @@ async def import_tokens(
         client_secret=body.client_secret,
         redirect_uri=body.redirect_uri,
     )
-    return await svc.status(body.owner)
+    return await svc.status(session, body.owner)
 
 
 @router.get("/amocrm/status", summary="Connection status (never a token)")
 async def status(
     svc: Service,
-    principal: Annotated[Principal, Depends(current_principal)],
+    session: ReadSession,
+    principal: CurrentPrincipal,
     owner: str | None = None,
 ) -> dict[str, Any]:
-    return await svc.status(principal.owner_for(owner))
+    return await svc.status(session, principal.owner_for(owner))
 
 
 @router.api_route("/amocrm/disconnect", methods=["DELETE", "POST"], summary="Disconnect")
 async def disconnect(
     svc: Service,
-    principal: Annotated[Principal, Depends(current_principal)],
+    session: WriteSession,
+    principal: CurrentPrincipal,
     owner: str | None = None,
 ) -> dict[str, Any]:
     who = principal.owner_for(owner)
-    await svc.disconnect(who, actor=principal.name)
-    return {"disconnected": True, **(await svc.status(who))}
+    await svc.disconnect(session, who, actor=principal.name)
+    return {"disconnected": True, **(await svc.status(session, who))}
 
 
 @router.get("/amocrm/uninstall", summary="amoCRM's signed disconnect hook")
 async def uninstall(
     svc: Service,
+    session: WriteSession,
     account_id: str = "",
     client_uuid: str = "",
     signature: str = "",
 ) -> dict[str, Any]:
     if len(signature) > 128 or len(client_uuid) > 128 or len(account_id) > 20:
         raise ServiceError("parameter too long", status_code=401)
-    count = await svc.uninstall(account_id, client_uuid, signature)
+    count = await svc.uninstall(session, account_id, client_uuid, signature)
     return {"disconnected": count}

@@ -1,14 +1,20 @@
-"""Every way to connect an amoCRM account, and what happens to a connection afterwards.
+"""Every way to connect an amoCRM account, and the connection's life afterwards.
 
-Flows (seeds 000, 001, 003, 004):
+Flows:
 - redirect: ``start()`` issues a state bound to the owner and returns amoCRM's consent URL;
   ``callback()`` consumes the state once and exchanges the code **on the account's own domain**
   (the ``referer``), then stores the connection;
 - website button: the connect page carries a state; amoCRM POSTs the new integration's
   credentials to ``accept_secrets()`` before the user lands on the callback, which takes them
   (once) instead of the configured ones;
-- ``exchange_code()`` for apps that receive the code themselves, ``import_tokens()`` for tokens
+- ``exchange_code_for()`` for apps that receive the code themselves, ``import_tokens()`` for tokens
   obtained by hand or a long-lived token, ``disconnect()`` and amoCRM's uninstall hook.
+
+Units of work: a method that takes a ``session`` runs inside the caller's unit (a request
+dependency or a CLI command commits it) and never commits. ``callback()`` and
+``exchange_code_for()`` call amoCRM's token endpoint between two units — the state is consumed
+(committed) before the code is exchanged, and no transaction stays open over the network — so they
+open their own units, as a task wrapper would.
 
 Each outcome is written to the audit log; no token or secret is ever logged or returned.
 """
@@ -21,110 +27,29 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import httpx
-from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from amobridge.amo.auth import TokenSet, exchange_code
 from amobridge.amo.domains import parse_account_domain, token_claims
-from amobridge.amo.errors import AmoAuthError, AmoError, AmoInvalidDomain, AmoReauthRequired
+from amobridge.amo.errors import AmoAuthError, AmoError, AmoInvalidDomain
+from amobridge.audit import AuditRepository
 from amobridge.connect.clients import ConnectionClients
-from amobridge.connect.repository import (
-    AuditLog,
-    ConnectionRepository,
-    IntegrationRepository,
-    Tokens,
-)
+from amobridge.connect.problems import PROBLEMS, CallbackOutcome, ConnectFailure
+from amobridge.connect.repository import ConnectionRepository, IntegrationRepository, Tokens
 from amobridge.connect.stores import ButtonSecretStore, ReturnTo, StateStore
 from amobridge.errors import NotFound, ServiceError, Unauthorized
 from amobridge.settings import Settings
+from amobridge.storage.crypto import Keyring
 from amobridge.storage.db import Database
-from amobridge.storage.tables import Connection, Integration
+from amobridge.storage.tables import Connection
 
 log = logging.getLogger("amobridge.connect")
 
-# What each failure means for the person in front of the callback page.
-PROBLEMS: dict[str, tuple[str, str, str]] = {
-    "access_denied": (
-        "Access was not granted",
-        "You pressed «Deny» on amoCRM's page, so amoCRM sent no authorization code.",
-        "Start the connection again and press «Allow» / «Разрешить».",
-    ),
-    "state_missing": (
-        "The link is incomplete",
-        "amoCRM's answer carries no state, so it cannot be matched to a connection request.",
-        "Start the connection again from your application.",
-    ),
-    "state_forged": (
-        "The link is not valid",
-        "The state in the link was not issued by this service or was altered.",
-        "Start the connection again from your application.",
-    ),
-    "state_unknown": (
-        "The link is not valid",
-        "This service has no record of the connection request (it may have been purged).",
-        "Start the connection again from your application.",
-    ),
-    "state_expired": (
-        "The link has expired",
-        "A connection request is valid for 10 minutes, and this one is older.",
-        "Start the connection again and finish it within 10 minutes.",
-    ),
-    "state_used": (
-        "The link was already used",
-        "This connection request has already been completed (or the page was reloaded).",
-        "If the account is not connected, start the connection again.",
-    ),
-    "code_missing": (
-        "No authorization code",
-        "amoCRM's answer has no code.",
-        "Start the connection again.",
-    ),
-    "bad_referer": (
-        "Unknown amoCRM account",
-        "amoCRM's answer does not name a valid account domain.",
-        "Start the connection again; use your account's own address, e.g. acme.amocrm.ru.",
-    ),
-    "secrets_missing": (
-        "The integration's keys did not arrive",
-        "amoCRM creates a new integration for the website button and sends its keys to this "
-        "service first; they were not received (or took longer than 10 minutes).",
-        "Start the connection again. If it keeps failing, check that amoCRM can reach "
-        "the secrets URL (POST /amocrm/secrets) through your proxy.",
-    ),
-    "not_configured": (
-        "The integration is not configured",
-        "No amoCRM client id/secret is configured for this service.",
-        "Set AMOBRIDGE_AMO__CLIENT_ID and AMOBRIDGE_AMO__CLIENT_SECRET, or use the website button.",
-    ),
-    "exchange_failed": (
-        "amoCRM refused the authorization code",
-        "The code could not be exchanged for tokens.",
-        "Start the connection again (a code lives 20 minutes and works once). If amoCRM says "
-        "the redirect URI is not associated with the client, make AMOBRIDGE_AMO__REDIRECT_URI "
-        "equal the integration's redirect URI exactly.",
-    ),
-    "amocrm_unavailable": (
-        "amoCRM did not answer",
-        "The token exchange failed on the network or amoCRM returned a server error.",
-        "Try again in a minute.",
-    ),
-}
-
-
-@dataclass(frozen=True)
-class CallbackOutcome:
-    ok: bool
-    code: str  # "connected" or a PROBLEMS key
-    owner: str | None = None
-    host: str | None = None
-    account_id: int | None = None
-    return_to: str = "web"
-    app_redirect: str | None = None
-    detail: str | None = None  # amoCRM's own words, when it refused
+__all__ = ["PROBLEMS", "CallbackOutcome", "ConnectService", "Credentials"]
 
 
 @dataclass(frozen=True)
@@ -142,22 +67,23 @@ class ConnectService:
         settings: Settings,
         db: Database,
         *,
+        keyring: Keyring,
         states: StateStore,
         button_secrets: ButtonSecretStore,
-        connections: ConnectionRepository,
-        integrations: IntegrationRepository,
-        audit: AuditLog,
         clients: ConnectionClients,
     ) -> None:
         self.settings = settings
         self.db = db
+        self.keyring = keyring
         self.states = states
         self.button_secrets = button_secrets
-        self.connections = connections
-        self.integrations = integrations
-        self.audit = audit
         self.clients = clients
-        self._reported: set[tuple[str, int]] = set()
+
+    def connections(self, session: AsyncSession) -> ConnectionRepository:
+        return ConnectionRepository(session, self.keyring)
+
+    def integrations(self, session: AsyncSession) -> IntegrationRepository:
+        return IntegrationRepository(session, self.keyring)
 
     # --- URLs ----------------------------------------------------------------------------------
     @property
@@ -195,7 +121,12 @@ class ConnectService:
         return app_redirect
 
     async def start(
-        self, owner: str, *, return_to: ReturnTo = "web", app_redirect: str | None = None
+        self,
+        session: AsyncSession,
+        owner: str,
+        *,
+        return_to: ReturnTo = "web",
+        app_redirect: str | None = None,
     ) -> str:
         """amoCRM's consent URL for ``owner`` (a fresh single-use state inside)."""
         credentials = self.configured()
@@ -207,14 +138,9 @@ class ConnectService:
             )
         if return_to == "app":
             app_redirect = self.check_app_redirect(app_redirect or self._default_app_redirect())
-        async with self.db.transaction() as session:
-            state = await self.states.issue(
-                session,
-                owner=owner,
-                flow="redirect",
-                return_to=return_to,
-                app_redirect=app_redirect,
-            )
+        state = await self.states.issue(
+            session, owner=owner, flow="redirect", return_to=return_to, app_redirect=app_redirect
+        )
         query = urlencode({"client_id": credentials.client_id, "state": state, "mode": "popup"})
         return f"{self.settings.amo.authorize_url}?{query}"
 
@@ -223,16 +149,20 @@ class ConnectService:
         return f"{schemes[0]}://amocrm/callback" if schemes else None
 
     async def button_state(
-        self, owner: str, *, return_to: ReturnTo = "web", app_redirect: str | None = None
+        self,
+        session: AsyncSession,
+        owner: str,
+        *,
+        return_to: ReturnTo = "web",
+        app_redirect: str | None = None,
     ) -> str:
         if return_to == "app":
             app_redirect = self.check_app_redirect(app_redirect or self._default_app_redirect())
-        async with self.db.transaction() as session:
-            return await self.states.issue(
-                session, owner=owner, flow="button", return_to=return_to, app_redirect=app_redirect
-            )
+        return await self.states.issue(
+            session, owner=owner, flow="button", return_to=return_to, app_redirect=app_redirect
+        )
 
-    async def accept_secrets(self, body: bytes, content_type: str) -> None:
+    async def accept_secrets(self, session: AsyncSession, body: bytes, content_type: str) -> None:
         """amoCRM's secrets webhook: keep the credentials for a live button state we issued."""
         data = _parse_body(body, content_type)
         client_id, client_secret, state = (
@@ -247,28 +177,24 @@ class ConnectService:
         assert isinstance(state, str)
         if len(client_id) > 128 or len(client_secret) > 1024:
             raise ServiceError("client_id or client_secret is too long")
-        async with self.db.transaction() as session:
-            judged = await self.states.peek(session, state=state)
-            if judged.problem is not None or judged.record is None:
-                raise ServiceError(
-                    f"state is {judged.problem or 'unknown'}: nothing stored", status_code=403
-                )
-            if judged.record.flow != "button":
-                raise ServiceError("state was not issued for the website button", status_code=403)
-            if not await self.button_secrets.put(
-                session, state=state, client_id=client_id, client_secret=client_secret
-            ):
-                raise ServiceError(
-                    "credentials for this state were already received", status_code=409
-                )
-            await self.audit.record(
-                session,
-                actor="amocrm",
-                action="button.secrets_received",
-                success=True,
-                owner=judged.record.owner,
-                details={"client_id": client_id},
+        judged = await self.states.peek(session, state=state)
+        if judged.problem is not None or judged.record is None:
+            raise ServiceError(
+                f"state is {judged.problem or 'unknown'}: nothing stored", status_code=403
             )
+        if judged.record.flow != "button":
+            raise ServiceError("state was not issued for the website button", status_code=403)
+        if not await self.button_secrets.put(
+            session, state=state, client_id=client_id, client_secret=client_secret
+        ):
+            raise ServiceError("credentials for this state were already received", status_code=409)
+        AuditRepository(session).record(
+            actor="amocrm",
+            action="button.secrets_received",
+            success=True,
+            owner=judged.record.owner,
+            details={"client_id": client_id},
+        )
 
     async def callback(self, params: dict[str, str]) -> CallbackOutcome:
         state = params.get("state") or ""
@@ -310,7 +236,7 @@ class ConnectService:
             connection = await self._connect_with_code(
                 record.owner, code, params.get("referer") or "", credentials
             )
-        except _ConnectFailure as failure:
+        except ConnectFailure as failure:
             return await self._failed(failure.code, detail=failure.detail, **base)
         return CallbackOutcome(
             True,
@@ -328,7 +254,7 @@ class ConnectService:
             raise ServiceError(PROBLEMS["not_configured"][1], status_code=409)
         try:
             return await self._connect_with_code(owner, code, referer, credentials)
-        except _ConnectFailure as failure:
+        except ConnectFailure as failure:
             title, why, fix = PROBLEMS[failure.code]
             detail = f"{title}: {failure.detail or why} {fix}"
             status = 502 if failure.code == "amocrm_unavailable" else 400
@@ -340,7 +266,7 @@ class ConnectService:
         try:
             domain = parse_account_domain(referer)
         except AmoInvalidDomain as exc:
-            raise _ConnectFailure("bad_referer", str(exc)) from None
+            raise ConnectFailure("bad_referer", str(exc)) from None
         try:
             tokens = await exchange_code(
                 domain,
@@ -353,10 +279,10 @@ class ConnectService:
             )
         except AmoAuthError as exc:
             await self._audit_failure(owner, "connect", str(exc))
-            raise _ConnectFailure("exchange_failed", exc.hint or exc.detail or str(exc)) from None
+            raise ConnectFailure("exchange_failed", exc.hint or exc.detail or str(exc)) from None
         except AmoError as exc:
             await self._audit_failure(owner, "connect", str(exc))
-            raise _ConnectFailure("amocrm_unavailable", str(exc)) from None
+            raise ConnectFailure("amocrm_unavailable", str(exc)) from None
         return await self._store(owner, tokens, credentials, action="connect")
 
     async def _store(
@@ -368,50 +294,64 @@ class ConnectService:
         action: str,
         long_lived: bool = False,
     ) -> Connection:
+        async with self.db.transaction() as session:
+            return await self._save_connection(
+                session, owner, tokens, credentials, action=action, long_lived=long_lived
+            )
+
+    async def _save_connection(
+        self,
+        session: AsyncSession,
+        owner: str,
+        tokens: TokenSet,
+        credentials: Credentials | None,
+        *,
+        action: str,
+        long_lived: bool = False,
+    ) -> Connection:
         claims = token_claims(tokens.access_token)
         account_id = claims.get("account_id")
         host = tokens.domain or ""
-        async with self.db.transaction() as session:
-            integration_id = None
-            if credentials is not None:
-                integration = await self.integrations.upsert(
-                    session,
-                    client_id=credentials.client_id,
-                    client_secret=credentials.client_secret,
-                    redirect_uri=credentials.redirect_uri,
-                    source=credentials.source,
-                    name=credentials.name,
-                )
-                integration_id = integration.id
-            connection = await self.connections.connect(
-                session,
-                owner=owner,
-                integration_id=integration_id,
-                host=host,
-                account_id=int(account_id) if isinstance(account_id, int) else None,
-                tokens=Tokens(
-                    tokens.access_token,
-                    tokens.refresh_token,
-                    datetime.fromtimestamp(tokens.expires_at, UTC) if tokens.expires_at else None,
-                    long_lived=long_lived,
+        integration_id = None
+        if credentials is not None:
+            integration = await self.integrations(session).upsert(
+                client_id=credentials.client_id,
+                client_secret=credentials.client_secret,
+                redirect_uri=credentials.redirect_uri,
+                source=credentials.source,
+                name=credentials.name,
+            )
+            integration_id = integration.id
+        connection = await self.connections(session).connect(
+            owner=owner,
+            integration_id=integration_id,
+            host=host,
+            account_id=int(account_id) if isinstance(account_id, int) else None,
+            tokens=Tokens(
+                tokens.access_token,
+                tokens.refresh_token,
+                datetime.fromtimestamp(tokens.expires_at, UTC) if tokens.expires_at else None,
+                long_lived=long_lived,
+                issued_at=(
+                    datetime.fromtimestamp(tokens.issued_at, UTC) if tokens.issued_at else None
                 ),
-            )
-            await self.audit.record(
-                session,
-                actor=owner,
-                action=action,
-                success=True,
-                owner=owner,
-                connection_id=connection.id,
-                message=f"connected {host}" + (f" (account {account_id})" if account_id else ""),
-            )
+            ),
+        )
+        AuditRepository(session).record(
+            actor=owner,
+            action=action,
+            success=True,
+            owner=owner,
+            connection_id=connection.id,
+            message=f"connected {host}" + (f" (account {account_id})" if account_id else ""),
+        )
         await self.clients.forget(connection.id)
-        self._reported = {r for r in self._reported if r[0] != connection.id}
         log.info("connection %s: %s connected %s", connection.id, action, host)
         return connection
 
     async def import_tokens(
         self,
+        session: AsyncSession,
         owner: str,
         *,
         domain: str,
@@ -457,14 +397,13 @@ class ConnectService:
             domain=account.host,
             issued_at=now,
         )
-        return await self._store(
-            owner, tokens, credentials, action="tokens.import", long_lived=long_lived
+        return await self._save_connection(
+            session, owner, tokens, credentials, action="tokens.import", long_lived=long_lived
         )
 
     # --- status, disconnect, uninstall -----------------------------------------------------------
-    async def status(self, owner: str) -> dict[str, Any]:
-        async with self.db.transaction() as session:
-            row = await self.connections.for_owner(session, owner)
+    async def status(self, session: AsyncSession, owner: str) -> dict[str, Any]:
+        row = await self.connections(session).for_owner(owner)
         if row is None:
             return {
                 "connected": False,
@@ -490,156 +429,62 @@ class ConnectService:
             "connectionId": row.id,
         }
 
-    async def disconnect(self, owner: str, *, actor: str) -> None:
-        async with self.db.transaction() as session:
-            row = await self.connections.disconnect(session, owner)
-            if row is None:
-                raise NotFound("no amoCRM connection for this owner")
-            await self.audit.record(
-                session,
-                actor=actor,
-                action="disconnect",
-                success=True,
-                owner=owner,
-                connection_id=row.id,
-                message=f"disconnected {row.host}",
-            )
-            connection_id = row.id
-        await self.clients.forget(connection_id)
+    async def disconnect(self, session: AsyncSession, owner: str, *, actor: str) -> None:
+        row = await self.connections(session).disconnect(owner)
+        if row is None:
+            raise NotFound("no amoCRM connection for this owner")
+        AuditRepository(session).record(
+            actor=actor,
+            action="disconnect",
+            success=True,
+            owner=owner,
+            connection_id=row.id,
+            message=f"disconnected {row.host}",
+        )
+        # This process forgets at once; the others see the row's status at their next check.
+        await self.clients.forget(row.id)
 
-    async def uninstall(self, account_id: str, client_uuid: str, signature: str) -> int:
-        """amoCRM's disconnect hook (§4): verify the signature, then disconnect locally."""
+    async def uninstall(
+        self, session: AsyncSession, account_id: str, client_uuid: str, signature: str
+    ) -> int:
+        """amoCRM's disconnect hook: verify the signature, then disconnect locally."""
         if not account_id.isdigit() or not client_uuid or not signature:
             raise Unauthorized("account_id, client_uuid and signature are required")
-        async with self.db.transaction() as session:
-            integration = await session.scalar(
-                select(Integration).where(Integration.client_id == client_uuid)
-            )
-            if integration is None:
-                raise Unauthorized("unknown integration")
-            secret = self.integrations.secret(integration)
-            expected = hmac.new(
-                secret.encode(), f"{client_uuid}|{int(account_id)}".encode(), hashlib.sha256
-            ).hexdigest()
-            if not hmac.compare_digest(expected, signature.lower()):
-                raise Unauthorized("bad signature")
-            rows = [
-                r
-                for r in await self.connections.by_account(session, int(account_id))
-                if r.integration_id == integration.id and r.status != "disconnected"
-            ]
-            for row in rows:
-                self.connections.disconnect_row(row)
-                await self.audit.record(
-                    session,
-                    actor="amocrm",
-                    action="uninstall",
-                    success=True,
-                    owner=row.owner,
-                    connection_id=row.id,
-                    message=f"amoCRM reported the integration disabled in {row.host}",
-                )
-            ids = [r.id for r in rows]
-        for connection_id in ids:
-            await self.clients.forget(connection_id)
-        return len(ids)
-
-    # --- a dead grant ----------------------------------------------------------------------------
-    async def on_reauth_required(self, connection_id: str, error: AmoReauthRequired) -> None:
-        """Mark the connection, audit the fix, tell the host app — once per grant."""
-        async with self.db.transaction() as session:
-            row = await self.connections.get(session, connection_id)
-            if row is None:
-                return
-            marker = (connection_id, row.token_version)
-            if marker in self._reported and row.status == "reauth_required":
-                return
-            self._reported.add(marker)
-            await self.connections.mark_reauth_required(session, connection_id, str(error))
-            owner = row.owner
-            await self.audit.record(
-                session,
-                actor="system",
-                action="reauth_required",
-                success=False,
-                owner=owner,
-                connection_id=connection_id,
-                error=str(error),
-                message="amoCRM refused the grant. Fix: re-connect via /amocrm/auth "
-                f"(or /amocrm/connect) for owner {owner!r}.",
-            )
-        log.warning("connection %s needs re-authorization: %s", connection_id, error)
-        await self._notify_reauth(owner, connection_id, str(error))
-
-    async def _notify_reauth(self, owner: str, connection_id: str, reason: str) -> None:
-        hooks = self.settings.hooks
-        if not hooks.reauth_callback_url:
-            return
-        body = json.dumps(
-            {
-                "event": "connection.reauth_required",
-                "owner": owner,
-                "connection_id": connection_id,
-                "reason": reason,
-                "fix": f"{self.public_url}/amocrm/auth?owner={owner}",
-            },
-            ensure_ascii=False,
-        ).encode()
-        headers = {"Content-Type": "application/json"}
-        if hooks.reauth_callback_secret is not None:
-            signature = hmac.new(
-                hooks.reauth_callback_secret.get_secret_value().encode(), body, hashlib.sha256
-            ).hexdigest()
-            headers["X-Amobridge-Signature"] = f"sha256={signature}"
-        try:
-            reply = await self.clients.http().post(
-                hooks.reauth_callback_url, content=body, headers=headers, timeout=10
-            )
-            ok = reply.is_success
-            error = None if ok else f"HTTP {reply.status_code}"
-        except httpx.HTTPError as exc:
-            ok, error = False, type(exc).__name__
-        async with self.db.transaction() as session:
-            await self.audit.record(
-                session,
-                actor="system",
-                action="reauth_callback",
-                success=ok,
-                owner=owner,
-                connection_id=connection_id,
-                error=error,
-            )
-
-    # --- housekeeping ----------------------------------------------------------------------------
-    async def purge_expired(self) -> tuple[int, int]:
-        async with self.db.transaction() as session:
-            secrets_purged = await self.button_secrets.purge_expired(session)
-            states = await self.states.purge_expired(session)
-        return states, secrets_purged
-
-    async def keepalive(self, *, older_than: timedelta) -> int:
-        """Refresh idle connections long before their 3-month refresh token ages out."""
-        async with self.db.transaction() as session:
-            rows = await self.connections.due_for_keepalive(
-                session, idle_before=datetime.now(UTC) - older_than
-            )
-        refreshed = 0
+        integrations = self.integrations(session)
+        integration = await integrations.by_client_id(client_uuid)
+        if integration is None:
+            raise Unauthorized("unknown integration")
+        expected = hmac.new(
+            integrations.secret(integration).encode(),
+            f"{client_uuid}|{int(account_id)}".encode(),
+            hashlib.sha256,
+        ).hexdigest()
+        if not hmac.compare_digest(expected, signature.lower()):
+            raise Unauthorized("bad signature")
+        connections = self.connections(session)
+        rows = [
+            r
+            for r in await connections.by_account(int(account_id))
+            if r.integration_id == integration.id and r.status != "disconnected"
+        ]
+        audit = AuditRepository(session)
         for row in rows:
-            try:
-                provider = await self.clients.provider(row)
-                tokens = self.connections.tokens(row)
-                if tokens is None:
-                    continue
-                await provider.refresh(tokens.access_token)
-                refreshed += 1
-            except AmoError as exc:
-                log.warning("keep-alive refresh of connection %s failed: %s", row.id, exc)
-        return refreshed
+            connections.disconnect_row(row)
+            audit.record(
+                actor="amocrm",
+                action="uninstall",
+                success=True,
+                owner=row.owner,
+                connection_id=row.id,
+                message=f"amoCRM reported the integration disabled in {row.host}",
+            )
+            await self.clients.forget(row.id)
+        return len(rows)
 
     async def _audit_failure(self, owner: str, action: str, error: str) -> None:
         async with self.db.transaction() as session:
-            await self.audit.record(
-                session, actor=owner, action=action, success=False, owner=owner, error=error
+            AuditRepository(session).record(
+                actor=owner, action=action, success=False, owner=owner, error=error
             )
 
     async def _failed(
@@ -661,13 +506,6 @@ class ConnectService:
             app_redirect=app_redirect,
             detail=detail,
         )
-
-
-class _ConnectFailure(Exception):
-    def __init__(self, code: str, detail: str | None = None) -> None:
-        super().__init__(code)
-        self.code = code
-        self.detail = detail
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -1,11 +1,16 @@
 """The database handle: one async engine, sessions as transactions, one code path for SQLite and
 PostgreSQL.
 
-SQLite (the embedded default) runs in WAL mode with a busy timeout, and every transaction starts
-with ``BEGIN IMMEDIATE``: it takes the write lock up front, so two processes never both read a row
-and then race to update it (a plain ``BEGIN`` would fail one of them with "database is locked" at
-the upgrade, or worse, let both read the same refresh token). PostgreSQL uses row locks
-(``SELECT … FOR UPDATE``) and ``SKIP LOCKED`` where repositories ask for them.
+Two kinds of unit of work:
+- :meth:`Database.transaction` — may write. On SQLite (the embedded default, WAL mode, busy
+  timeout) it starts with ``BEGIN IMMEDIATE``: it takes the write lock up front, so two processes
+  never both read a row and then race to update it (a plain ``BEGIN`` would fail one of them with
+  "database is locked" at the upgrade, or worse, let both read the same refresh token).
+- :meth:`Database.read` — reads only, with a deferred ``BEGIN`` on SQLite: readers never queue
+  behind the write lock (WAL lets them read while one connection writes), so an authenticated
+  status read does not wait for a refresh or a webhook write.
+PostgreSQL uses row locks (``SELECT … FOR UPDATE``) and ``SKIP LOCKED`` where repositories ask
+for them; both kinds are plain transactions there.
 """
 
 from __future__ import annotations
@@ -55,9 +60,14 @@ class Database:
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        self.read_engine: AsyncEngine = self.engine
         if self.dialect == "sqlite":
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, begin="BEGIN IMMEDIATE")
+            # A second pool whose transactions begin deferred: reads never take the write lock.
+            self.read_engine = create_async_engine(self.url, **kwargs)
+            _configure_sqlite(self.read_engine, begin="BEGIN")
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
     @property
     def is_sqlite(self) -> bool:
@@ -69,11 +79,20 @@ class Database:
         async with self._sessions() as session, session.begin():
             yield session
 
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A read-only unit of work (deferred ``BEGIN`` on SQLite); closing the session at the
+        end rolls the transaction back, so nothing written here would ever persist."""
+        async with self._read_sessions() as session:
+            yield session
+
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, *, begin: str) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE instead of pysqlite's lazy BEGIN.
@@ -99,4 +118,4 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql(begin)

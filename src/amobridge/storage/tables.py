@@ -103,7 +103,11 @@ class Connection(Base):
     refresh_token_enc: Mapped[str | None] = mapped_column(Text)
     long_lived: Mapped[bool] = mapped_column(Boolean, default=False)
     expires_at: Mapped[datetime | None]
+    # When the access token was issued: the refresh leeway is capped at half its lifetime, so a
+    # short-lived token is not refreshed the moment it is stored.
+    issued_at: Mapped[datetime | None]
     refresh_expires_at: Mapped[datetime | None]
+    # Bumped by every write of the grant (connect, refresh, disconnect): cached clients compare it.
     token_version: Mapped[int] = mapped_column(Integer, default=0)
     last_refresh_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
@@ -206,3 +210,28 @@ class RateLimitSlot(Base):
     lease_holder: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_until: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
     wanted_until: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+
+
+class HostNotification(Base):
+    """An event for the host app (today: a connection needs re-authorization), delivered to its
+    callback URL by the housekeeping worker with retries, never on the caller's path."""
+
+    __tablename__ = "host_notifications"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    event: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str | None] = mapped_column(String(255))
+    connection_id: Mapped[str | None] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(
+        String(16), default="pending"
+    )  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_host_notifications_status_next", "status", "next_attempt_at"),)

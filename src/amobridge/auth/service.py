@@ -1,0 +1,170 @@
+"""Authenticating a request: API keys (hashed at rest) and end-user JWTs (HS256 or RS256).
+
+- API keys (``amb_<prefix>_<secret>``) are stored as SHA-256 hashes. A key that checked out is
+  remembered for ``cache_seconds`` (5 s), so a busy host app costs no database read per request;
+  revoking a key therefore takes effect within that time. ``last_used_at`` is written at most once
+  a minute per key, never on every request.
+- End-user JWTs: the owner is the ``sub`` claim and cannot be overridden by a parameter — a user
+  can never reach another owner's connection (invariant 6).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import jwt
+import jwt.types
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from amobridge.auth.principal import KEY_PREFIX, Principal, Role
+from amobridge.auth.repository import ApiKeyRepository
+from amobridge.errors import Unauthorized
+from amobridge.settings import SecuritySettings
+from amobridge.storage.db import Database
+from amobridge.storage.tables import ApiKey
+
+CACHE_SECONDS = 5.0
+TOUCH_EVERY_SECONDS = 60.0
+CACHE_SIZE = 4096
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_api_key() -> tuple[str, str]:
+    """(the key to show once, its public prefix)."""
+    prefix = secrets.token_hex(4)
+    return f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}", prefix
+
+
+@dataclass(frozen=True)
+class _Known:
+    principal: Principal
+    key_id: str
+    checked_at: float
+
+
+class AuthService:
+    def __init__(
+        self,
+        db: Database,
+        settings: SecuritySettings,
+        *,
+        cache_seconds: float = CACHE_SECONDS,
+        touch_every: float = TOUCH_EVERY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._db = db
+        self.settings = settings
+        self._cache_seconds = cache_seconds
+        self._touch_every = touch_every
+        self._clock = clock
+        self._known: OrderedDict[str, _Known] = OrderedDict()
+        self._touched: dict[str, float] = {}
+
+    # --- keys (the caller's unit of work commits) -------------------------------------------------
+    async def create_api_key(self, session: AsyncSession, *, name: str, role: Role) -> str:
+        key, prefix = new_api_key()
+        ApiKeyRepository(session).add(
+            ApiKey(name=name, prefix=prefix, key_hash=hash_key(key), role=role)
+        )
+        return key
+
+    async def ensure_api_key(
+        self, session: AsyncSession, *, key: str, name: str, role: Role
+    ) -> None:
+        """Store a configured key (the bootstrap admin key) unless it is already there."""
+        repo = ApiKeyRepository(session)
+        digest = hash_key(key)
+        if await repo.by_hash(digest) is None:
+            prefix = key.removeprefix(KEY_PREFIX)[:8]
+            repo.add(ApiKey(name=name, prefix=prefix, key_hash=digest, role=role))
+
+    # --- requests --------------------------------------------------------------------------------
+    async def authenticate(self, authorization: str | None, api_key: str | None) -> Principal:
+        """From ``Authorization: Bearer …`` (API key or JWT) or ``X-API-Key``."""
+        token = api_key
+        if token is None and authorization:
+            scheme, _, value = authorization.partition(" ")
+            if scheme.lower() == "bearer" and value.strip():
+                token = value.strip()
+        if not token:
+            raise Unauthorized("authentication required: an API key or a user token")
+        if token.startswith(KEY_PREFIX):
+            principal = await self.principal_from_api_key(token)
+            if principal is None:
+                raise Unauthorized("unknown or revoked API key")
+            return principal
+        return self.principal_from_jwt(token)
+
+    async def principal_from_api_key(self, key: str) -> Principal | None:
+        digest = hash_key(key)
+        now = self._clock()
+        known = self._known.get(digest)
+        if known is None or now - known.checked_at >= self._cache_seconds:
+            async with self._db.read() as session:
+                row = await ApiKeyRepository(session).by_hash(digest)
+                found = (
+                    None
+                    if row is None or row.revoked_at is not None
+                    else (row.id, row.name, row.role)
+                )
+            if found is None:
+                self._known.pop(digest, None)
+                return None
+            key_id, name, role = found
+            known = _Known(
+                Principal(role="admin" if role == "admin" else "app", name=name), key_id, now
+            )
+            self._known[digest] = known
+            self._known.move_to_end(digest)
+            while len(self._known) > CACHE_SIZE:
+                self._known.popitem(last=False)
+        if now - self._touched.get(known.key_id, float("-inf")) >= self._touch_every:
+            self._touched[known.key_id] = now
+            async with self._db.transaction() as session:
+                await ApiKeyRepository(session).mark_used(known.key_id, datetime.now(UTC))
+        return known.principal
+
+    def principal_from_jwt(self, token: str) -> Principal:
+        settings = self.settings
+        if settings.jwt_algorithm == "HS256":
+            if settings.jwt_secret is None:
+                raise Unauthorized(
+                    "end-user tokens are not enabled (AMOBRIDGE_SECURITY__JWT_SECRET)"
+                )
+            key: str = settings.jwt_secret.get_secret_value()
+        else:
+            if not settings.jwt_public_key:
+                raise Unauthorized(
+                    "end-user tokens are not enabled (AMOBRIDGE_SECURITY__JWT_PUBLIC_KEY)"
+                )
+            key = settings.jwt_public_key
+        options: jwt.types.Options = {
+            "require": ["sub", "exp"],
+            "verify_aud": settings.jwt_audience is not None,
+        }
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[settings.jwt_algorithm],
+                audience=settings.jwt_audience,
+                issuer=settings.jwt_issuer,
+                options=options,
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the token has expired: sign in again") from None
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str | int) or str(sub).strip() == "":
+            raise Unauthorized("invalid token: no subject")
+        return Principal(role="user", name=f"user:{sub}", owner=str(sub))

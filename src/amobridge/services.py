@@ -1,0 +1,175 @@
+"""The object graph of amobridge, built from Settings (never at import time) and usable without a
+web app: ``amobridge serve`` mounts it in FastAPI, while the worker, the CLI and ``doctor`` use it
+directly.
+
+Construction runs one way — storage, then the token store, the reauth handler, the clients, then
+the features — so nothing is wired after the fact. ``start()`` migrates the database and stores
+the bootstrap admin key; the app's lifespan calls it, and so do in-process tests (httpx's
+``ASGITransport`` sends no lifespan events). ``start(workers=True)`` runs the background loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from amobridge.amo.ratelimit import RateLimitBackend
+from amobridge.auth.service import AuthService
+from amobridge.connect.clients import ConnectionClients
+from amobridge.connect.ratelimit import DatabaseRateLimiter
+from amobridge.connect.reauth import ReauthService
+from amobridge.connect.repository import ConnectionRepository, Tokens, decrypt_tokens
+from amobridge.connect.service import ConnectService
+from amobridge.connect.stores import ButtonSecretStore, StateSigner, StateStore
+from amobridge.connect.tasks import ConnectTasks
+from amobridge.connect.token_store import DatabaseTokenStore
+from amobridge.errors import ConfigurationError
+from amobridge.settings import Environment, Settings
+from amobridge.storage.crypto import Keyring, load_or_create_dev_key
+from amobridge.storage.db import Database
+from amobridge.storage.migrate import upgrade_async
+from amobridge.storage.tables import Connection
+
+log = logging.getLogger("amobridge.services")
+
+HOUSEKEEPING_INTERVAL = 60.0
+NOTIFY_INTERVAL = 5.0
+
+
+def data_dir(settings: Settings) -> Path:
+    url = make_url(settings.database.url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return Path(url.database).resolve().parent
+    return Path("data").resolve()
+
+
+def build_keyring(settings: Settings) -> Keyring:
+    keys = [k.get_secret_value() for k in settings.security.secret_keys]
+    if keys:
+        return Keyring(keys)
+    if settings.environment == Environment.production:
+        raise ConfigurationError(
+            "AMOBRIDGE_SECURITY__SECRET_KEYS is required in production: tokens are encrypted "
+            "with it (make one with `amobridge keys generate`)"
+        )
+    return Keyring([load_or_create_dev_key(data_dir(settings))])
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    keyring: Keyring
+    auth: AuthService
+    store: DatabaseTokenStore
+    reauth: ReauthService
+    clients: ConnectionClients
+    connect: ConnectService
+    connect_tasks: ConnectTasks
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    started: bool = False
+
+    @classmethod
+    def build(
+        cls, settings: Settings, *, amo_transport: httpx.AsyncBaseTransport | None = None
+    ) -> Services:
+        db = Database(settings.database.url)
+        keyring = build_keyring(settings)
+        store = DatabaseTokenStore(db, keyring)
+        reauth = ReauthService(settings, db, keyring)
+        amo = settings.amo
+        limiter: RateLimitBackend | None = (
+            DatabaseRateLimiter(db, int(amo.rate_limit_rps))  # type: ignore[assignment]
+            if amo.rate_limit_backend == "database"
+            else None
+        )
+        clients = ConnectionClients(
+            db,
+            keyring,
+            store,
+            on_reauth=reauth.on_reauth_required,
+            transport=amo_transport,
+            base_url=amo.api_base_url,
+            rate_limit_rps=amo.rate_limit_rps,
+            rate_limiter=limiter,
+            leeway=float(amo.refresh_leeway_seconds),
+            check_interval=amo.connection_check_ms / 1000,
+        )
+        ttl = timedelta(seconds=settings.security.state_ttl_seconds)
+        states = StateStore(StateSigner(*keyring.derived_keys("oauth-state")), ttl)
+        button_secrets = ButtonSecretStore(keyring, ttl)
+        connect = ConnectService(
+            settings,
+            db,
+            keyring=keyring,
+            states=states,
+            button_secrets=button_secrets,
+            clients=clients,
+        )
+        tasks = ConnectTasks(
+            settings, db, keyring, clients=clients, states=states, button_secrets=button_secrets
+        )
+        auth = AuthService(db, settings.security)
+        return cls(settings, db, keyring, auth, store, reauth, clients, connect, tasks)
+
+    def connections(self, session: AsyncSession) -> ConnectionRepository:
+        """The connections repository in ``session`` (for the CLI and tests)."""
+        return ConnectionRepository(session, self.keyring)
+
+    def tokens_of(self, row: Connection) -> Tokens | None:
+        """A connection row's tokens in plaintext (diagnostics and tests; never log them)."""
+        return decrypt_tokens(self.keyring, row)
+
+    async def start(self, *, migrate: bool = True, workers: bool | None = None) -> None:
+        if self.started:
+            return
+        if migrate:
+            await upgrade_async(self.settings.database.url)
+        admin = self.settings.security.admin_api_key
+        if admin is not None:
+            async with self.db.transaction() as session:
+                await self.auth.ensure_api_key(
+                    session, key=admin.get_secret_value(), name="bootstrap-admin", role="admin"
+                )
+        run = self.settings.server.run_workers if workers is None else workers
+        if run:
+            self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+            self._tasks.append(asyncio.create_task(self._notifications(), name="notifications"))
+        self.started = True
+
+    async def _housekeeping(self) -> None:
+        keepalive = timedelta(days=self.settings.amo.keepalive_refresh_days)
+        while True:
+            try:
+                await self.connect_tasks.purge_expired()
+                await self.connect_tasks.keepalive(older_than=keepalive)
+            except Exception:  # a bad round must not end housekeeping; it is logged
+                log.exception("housekeeping round failed")
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+
+    async def _notifications(self) -> None:
+        while True:
+            try:
+                await self.connect_tasks.deliver_notifications()
+            except Exception:  # e.g. the database is briefly unavailable: next round retries
+                log.exception("host notification round failed")
+            await asyncio.sleep(NOTIFY_INTERVAL)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.clients.aclose()
+        await self.db.dispose()
+        self.started = False
