@@ -11,10 +11,10 @@ import httpx
 import jwt
 import pytest
 
+from amobridge.services import Services
 from amobridge.settings import Settings
 from amobridge.storage.crypto import generate_key
-from amobridge.web.app import Services, create_app
-from amobridge.web.auth import create_api_key
+from amobridge.web.app import create_app
 
 SERVICE_URL = "http://service.test"
 JWT_SECRET = "jwt-test-secret-0123456789abcdef"
@@ -121,8 +121,9 @@ async def stack(
     app = create_app(settings, services=services)
     back.app = app
     await services.start()
-    admin_key = await create_api_key(services.db, name="admin", role="admin")
-    app_key = await create_api_key(services.db, name="host-app", role="app")
+    async with services.db.transaction() as session:
+        admin_key = await services.auth.create_api_key(session, name="admin", role="admin")
+        app_key = await services.auth.create_api_key(session, name="host-app", role="app")
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url=SERVICE_URL
     ) as http:
