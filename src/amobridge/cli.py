@@ -47,9 +47,9 @@ def sandbox(
     """Run the sandbox: a local fake amoCRM (OAuth, API v4, webhooks, faults)."""
     import uvicorn
 
-    from amobridge.sandbox import Sandbox, SandboxConfig, create_sandbox_app
-    from amobridge.sandbox.clock import Clock
+    from amobridge.sandbox import create_sandbox_app
     from amobridge.sandbox.demo import seed_demo
+    from amobridge.sandbox.from_settings import sandbox_from_settings
 
     settings = _settings()
     group = settings.sandbox
@@ -58,18 +58,7 @@ def sandbox(
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    config = SandboxConfig(
-        code_ttl=group.code_ttl_seconds,
-        access_ttl=group.access_ttl_seconds,
-        refresh_ttl=group.refresh_ttl_seconds,
-        rate_limit_enabled=group.rate_limit_enabled,
-        rate_limit_rps=group.rate_limit_rps,
-        rate_rule=group.rate_rule,
-        account_rps_cap=group.account_rps_cap,
-        ban_seconds=group.ban_seconds,
-        control_token=group.control_token.get_secret_value() if group.control_token else None,
-    )
-    box = Sandbox(config, clock=Clock(scale=group.time_scale))
+    box = sandbox_from_settings(group)
     base = f"http://{host}:{port}"
     if demo:
         made = seed_demo(

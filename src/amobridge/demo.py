@@ -19,9 +19,9 @@ from pydantic import SecretStr
 from amobridge import __version__
 from amobridge.auth.principal import Principal
 from amobridge.dependencies import ReadSession, WriteSession
-from amobridge.sandbox import Sandbox, SandboxConfig, create_sandbox_app
-from amobridge.sandbox.clock import Clock
-from amobridge.sandbox.demo import seed_demo
+from amobridge.sandbox import Sandbox, create_sandbox_app
+from amobridge.sandbox.demo import Demo, seed_demo
+from amobridge.sandbox.from_settings import sandbox_from_settings
 from amobridge.services import Services
 from amobridge.settings import Environment, Settings
 from amobridge.web.app import create_app
@@ -69,23 +69,23 @@ def demo_settings(
     return settings.model_copy(update={"amo": amo, "server": server})
 
 
-async def run_demo(settings: Settings, *, host: str, port: int, sandbox_port: int) -> None:
-    service_url = f"http://{host}:{port}"
-    sandbox_url = f"http://{host}:{sandbox_port}"
+def demo_sandbox(settings: Settings, *, service_url: str) -> tuple[Sandbox, Demo]:
+    """The demo's sandbox, built from the settings as ``amobridge sandbox`` builds its own (a
+    control token closes the control API here too), with the demo account and an integration
+    wired to the service's callback and uninstall hook."""
     group = settings.sandbox
-    box = Sandbox(
-        SandboxConfig(
-            rate_limit_rps=group.rate_limit_rps,
-            access_ttl=group.access_ttl_seconds,
-            refresh_ttl=group.refresh_ttl_seconds,
-            code_ttl=group.code_ttl_seconds,
-        ),
-        clock=Clock(scale=group.time_scale),
-    )
+    box = sandbox_from_settings(group)
     made = seed_demo(
         box, subdomain=group.demo_subdomain, redirect_uri=f"{service_url}/amocrm/callback"
     )
     made.integration.disconnect_url = f"{service_url}/amocrm/uninstall"
+    return box, made
+
+
+async def run_demo(settings: Settings, *, host: str, port: int, sandbox_port: int) -> None:
+    service_url = f"http://{host}:{port}"
+    sandbox_url = f"http://{host}:{sandbox_port}"
+    box, made = demo_sandbox(settings, service_url=service_url)
     wired = demo_settings(
         settings,
         service_url=service_url,
