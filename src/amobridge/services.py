@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from amobridge.amo.ratelimit import RateLimitBackend
 from amobridge.auth.service import AuthService
+from amobridge.connect.callback import CallbackService
 from amobridge.connect.clients import ConnectionClients
 from amobridge.connect.ratelimit import DatabaseRateLimiter
 from amobridge.connect.reauth import ReauthService
@@ -73,6 +74,7 @@ class Services:
     reauth: ReauthService
     clients: ConnectionClients
     connect: ConnectService
+    connect_callback: CallbackService
     connect_tasks: ConnectTasks
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: bool = False
@@ -87,7 +89,7 @@ class Services:
         reauth = ReauthService(settings, db, keyring)
         amo = settings.amo
         limiter: RateLimitBackend | None = (
-            DatabaseRateLimiter(db, int(amo.rate_limit_rps))  # type: ignore[assignment]
+            DatabaseRateLimiter(db, amo.rate_limit_rps)
             if amo.rate_limit_backend == "database"
             else None
         )
@@ -118,7 +120,18 @@ class Services:
             settings, db, keyring, clients=clients, states=states, button_secrets=button_secrets
         )
         auth = AuthService(db, settings.security)
-        return cls(settings, db, keyring, auth, store, reauth, clients, connect, tasks)
+        return cls(
+            settings,
+            db,
+            keyring,
+            auth,
+            store,
+            reauth,
+            clients,
+            connect,
+            CallbackService(connect),
+            tasks,
+        )
 
     def connections(self, session: AsyncSession) -> ConnectionRepository:
         """The connections repository in ``session`` (for the CLI and tests)."""

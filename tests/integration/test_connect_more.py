@@ -236,7 +236,9 @@ async def test_reauth_callback_is_signed(
                 json={"client_id": integ["client_id"], "account_id": account["id"]},
             )
         ).json()
-        connection = await services.connect.exchange_code_for("o", code["code"], code["referer"])
+        connection = await services.connect_callback.exchange_code_for(
+            "o", code["code"], code["referer"]
+        )
         await control.post(
             f"/_sandbox/integrations/{integ['client_id']}/uninstall",
             json={"account_id": account["id"]},

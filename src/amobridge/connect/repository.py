@@ -329,13 +329,15 @@ class ConnectionRepository(Repository[Connection]):
             "issued_at": tokens.issued_at or now,
             "long_lived": tokens.long_lived,
             "refresh_expires_at": None if tokens.long_lived else now + REFRESH_LIFETIME,
-            "refresh_lease_until": None,
-            "refresh_lease_holder": None,
         }
 
     def _write_tokens(self, row: Connection, tokens: Tokens, *, now: datetime) -> None:
+        # A new grant (connect): any lease on the old one is void. A refresh keeps its lease
+        # until the holder's lock block ends (save_refreshed leaves it in place).
         for name, value in self._token_values(tokens, now=now).items():
             setattr(row, name, value)
+        row.refresh_lease_until = None
+        row.refresh_lease_holder = None
         row.last_refresh_at = now
         row.token_version = (row.token_version or 0) + 1
 

@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 
 from amobridge.auth.dependencies import BrowserPrincipal, CurrentPrincipal
+from amobridge.connect.callback import CallbackService
 from amobridge.connect.problems import PROBLEMS, CallbackOutcome
 from amobridge.connect.schemas import ExchangeCodeBody, ImportTokensBody
 from amobridge.connect.service import ConnectService
@@ -27,7 +28,13 @@ def service(request: Request) -> ConnectService:
     return found
 
 
+def callback_service(request: Request) -> CallbackService:
+    found: CallbackService = request.app.state.services.connect_callback
+    return found
+
+
 Service = Annotated[ConnectService, Depends(service)]
+Callback = Annotated[CallbackService, Depends(callback_service)]
 
 
 @router.get("/amocrm/auth", summary="Start the OAuth redirect flow")
@@ -88,9 +95,9 @@ async def secrets(request: Request, svc: Service, session: WriteSession) -> Resp
 
 
 @router.get("/amocrm/callback", response_class=HTMLResponse, summary="OAuth redirect target")
-async def callback(request: Request, svc: Service) -> Response:
+async def callback(request: Request, svc: Service, flow: Callback) -> Response:
     params = {k: v for k, v in request.query_params.items() if isinstance(v, str)}
-    outcome = await svc.callback(params)
+    outcome = await flow.callback(params)
     return render_outcome(request, svc, outcome)
 
 
@@ -139,11 +146,12 @@ def render_outcome(request: Request, svc: ConnectService, outcome: CallbackOutco
 @router.post("/amocrm/exchange-code", summary="Exchange a code the app received itself")
 async def exchange_code(
     svc: Service,
+    flow: Callback,
     principal: CurrentPrincipal,
     body: ExchangeCodeBody,
 ) -> dict[str, Any]:
     who = principal.owner_for(body.owner)
-    await svc.exchange_code_for(who, body.code, body.referer)  # its own units: it calls amoCRM
+    await flow.exchange_code_for(who, body.code, body.referer)  # its own units: it calls amoCRM
     async with svc.db.read() as session:
         return await svc.status(session, who)
 

@@ -118,7 +118,11 @@ class DatabaseTokenStore:
     async def save(self, key: str, tokens: TokenSet) -> None:
         lease = self._leases.get(key)
         if lease is None:
-            raise TokenSaveRefused(key, SaveRefused.lease_lost)
+            # A save outside lock() (not how the SDK's provider saves): take the lease for it,
+            # so it still never lands while another holder is refreshing.
+            async with self._lease(key):
+                await self.save(key, tokens)
+            return
         base = self._base.get(key, lease.version)
         pair = Tokens(
             tokens.access_token,
