@@ -299,9 +299,11 @@ def connections_import_env(
 
 @app.command()
 def demo(
-    host: Annotated[str, typer.Option(help="Interface for both servers.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Service port.")] = 8000,
-    sandbox_port: Annotated[int, typer.Option(help="Sandbox port.")] = 8010,
+    host: Annotated[
+        str | None, typer.Option(help="Interface for both servers (default from settings).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Service port (default 8000).")] = None,
+    sandbox_port: Annotated[int | None, typer.Option(help="Sandbox port (default 8010).")] = None,
 ) -> None:
     """Run the service and the sandbox amoCRM together, wired to each other (make run)."""
     from amobridge.demo import run_demo
@@ -309,7 +311,14 @@ def demo(
     settings = _settings()
     _configure_logging(settings)
     try:
-        asyncio.run(run_demo(settings, host=host, port=port, sandbox_port=sandbox_port))
+        asyncio.run(
+            run_demo(
+                settings,
+                host=host or settings.server.host,
+                port=port or settings.server.port,
+                sandbox_port=sandbox_port or settings.sandbox.port,
+            )
+        )
     except ConfigurationError as exc:
         _fail(str(exc), 2)
     except KeyboardInterrupt:
