@@ -1,4 +1,5 @@
-"""OAuth ``state`` values and the website button's secrets, kept in the database.
+"""OAuth ``state`` values and the website button's secrets, kept in the database (the SQL is in
+the two repositories at the end; the stores add signing, lifetimes and encryption).
 
 A state is ``<random>.<mac>``: the MAC (HMAC-SHA256 over the random part, keyed from the
 encryption key) rejects forged or mangled values without a database hit; the row (stored under
@@ -20,10 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amobridge.storage.crypto import Keyring
+from amobridge.storage.repository import Repository
 from amobridge.storage.tables import ButtonSecret, OAuthState
 
 Flow = Literal["redirect", "button"]
@@ -92,7 +94,7 @@ class StateStore:
         app_redirect: str | None = None,
     ) -> str:
         state = self._signer.new()
-        session.add(
+        OAuthStateRepository(session).add(
             OAuthState(
                 id=state_id(state),
                 owner=owner,
@@ -109,36 +111,19 @@ class StateStore:
         """Look without consuming (the secrets webhook checks the state is live)."""
         if not self._signer.valid(state):
             return ConsumedState(None, "forged")
-        row = await session.get(OAuthState, state_id(state))
+        row = await OAuthStateRepository(session).get(state_id(state))
         return self._judge(row)
 
     async def consume(self, session: AsyncSession, *, state: str) -> ConsumedState:
         """Mark a live state used — exactly once, even with concurrent callbacks."""
         if not self._signer.valid(state):
             return ConsumedState(None, "forged")
-        now = _now()
-        result = await session.execute(
-            update(OAuthState)
-            .where(
-                OAuthState.id == state_id(state),
-                OAuthState.used_at.is_(None),
-                OAuthState.expires_at > now,
-            )
-            .values(used_at=now)
-            .returning(
-                OAuthState.owner,
-                OAuthState.flow,
-                OAuthState.return_to,
-                OAuthState.app_redirect,
-                OAuthState.expires_at,
-            )
-        )
-        row = result.first()
-        if row is not None:
-            return ConsumedState(StateRecord(*row))
+        repo = OAuthStateRepository(session)
+        record = await repo.consume(state_id(state), now=_now())
+        if record is not None:
+            return ConsumedState(record)
         # Say why, for the error page: never seen, expired or already used.
-        found = await session.get(OAuthState, state_id(state))
-        return self._judge(found, consuming=True)
+        return self._judge(await repo.get(state_id(state)), consuming=True)
 
     def _judge(self, row: OAuthState | None, *, consuming: bool = False) -> ConsumedState:
         if row is None:
@@ -153,8 +138,7 @@ class StateStore:
         return ConsumedState(record)
 
     async def purge_expired(self, session: AsyncSession) -> int:
-        result = await session.execute(delete(OAuthState).where(OAuthState.expires_at <= _now()))
-        return int(getattr(result, "rowcount", 0) or 0)
+        return await OAuthStateRepository(session).purge(before=_now())
 
 
 class ButtonSecretStore:
@@ -167,9 +151,10 @@ class ButtonSecretStore:
     ) -> bool:
         """Keep credentials for a live button state; False if one is already stored."""
         sid = state_id(state)
-        if await session.get(ButtonSecret, sid) is not None:
+        repo = ButtonSecretRepository(session)
+        if await repo.get(sid) is not None:
             return False
-        session.add(
+        repo.add(
             ButtonSecret(
                 state_id=sid,
                 client_id=client_id,
@@ -182,21 +167,72 @@ class ButtonSecretStore:
 
     async def take(self, session: AsyncSession, *, state: str) -> tuple[str, str] | None:
         """Credentials for ``state``, deleted in the same statement (used once)."""
-        result = await session.execute(
-            delete(ButtonSecret)
-            .where(ButtonSecret.state_id == state_id(state), ButtonSecret.expires_at > _now())
-            .returning(ButtonSecret.client_id, ButtonSecret.client_secret_enc)
-        )
-        row = result.first()
-        if row is None:
+        taken = await ButtonSecretRepository(session).take(state_id(state), now=_now())
+        if taken is None:
             return None
-        return row[0], self._keyring.decrypt(row[1])
+        return taken[0], self._keyring.decrypt(taken[1])
 
     async def purge_expired(self, session: AsyncSession) -> int:
-        result = await session.execute(
-            delete(ButtonSecret).where(ButtonSecret.expires_at <= _now())
+        return await ButtonSecretRepository(session).purge(before=_now())
+
+    async def count(self, session: AsyncSession) -> int:
+        return await ButtonSecretRepository(session).count()
+
+
+# --- the SQL ---------------------------------------------------------------------------------------
+
+
+class OAuthStateRepository(Repository[OAuthState]):
+    model = OAuthState
+
+    async def consume(self, sid: str, *, now: datetime) -> StateRecord | None:
+        """Mark a live, unused state used in one conditional UPDATE; its record, or None."""
+        result = await self.session.execute(
+            update(OAuthState)
+            .where(OAuthState.id == sid, OAuthState.used_at.is_(None), OAuthState.expires_at > now)
+            .values(used_at=now)
+            .returning(
+                OAuthState.owner,
+                OAuthState.flow,
+                OAuthState.return_to,
+                OAuthState.app_redirect,
+                OAuthState.expires_at,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        row = result.first()
+        return None if row is None else StateRecord(*row)
+
+    async def purge(self, *, before: datetime) -> int:
+        result = await self.session.execute(
+            delete(OAuthState)
+            .where(OAuthState.expires_at <= before)
+            .execution_options(synchronize_session=False)
         )
         return int(getattr(result, "rowcount", 0) or 0)
 
-    async def count(self, session: AsyncSession) -> int:
-        return len((await session.execute(select(ButtonSecret.state_id))).all())
+
+class ButtonSecretRepository(Repository[ButtonSecret]):
+    model = ButtonSecret
+
+    async def take(self, sid: str, *, now: datetime) -> tuple[str, str] | None:
+        """(client_id, encrypted secret) of a live entry, deleted in the same statement."""
+        result = await self.session.execute(
+            delete(ButtonSecret)
+            .where(ButtonSecret.state_id == sid, ButtonSecret.expires_at > now)
+            .returning(ButtonSecret.client_id, ButtonSecret.client_secret_enc)
+            .execution_options(synchronize_session=False)
+        )
+        row = result.first()
+        return None if row is None else (row[0], row[1])
+
+    async def purge(self, *, before: datetime) -> int:
+        result = await self.session.execute(
+            delete(ButtonSecret)
+            .where(ButtonSecret.expires_at <= before)
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    async def count(self) -> int:
+        return int(await self.session.scalar(select(func.count()).select_from(ButtonSecret)) or 0)

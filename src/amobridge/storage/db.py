@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -85,6 +85,11 @@ class Database:
         end rolls the transaction back, so nothing written here would ever persist."""
         async with self._read_sessions() as session:
             yield session
+
+    async def ping(self) -> None:
+        """One round trip to the database (readiness); raises when it cannot answer."""
+        async with self.read() as session:
+            await session.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
         await self.engine.dispose()

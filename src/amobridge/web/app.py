@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from amobridge import __version__
@@ -76,8 +75,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> JSONResponse:
         try:
-            async with services.db.transaction() as session:
-                await session.execute(text("SELECT 1"))
+            await services.db.ping()
         except Exception as exc:  # reported, not raised: this is the readiness answer
             return JSONResponse(
                 {"status": "unavailable", "detail": f"database: {type(exc).__name__}"},
