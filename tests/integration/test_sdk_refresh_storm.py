@@ -1,8 +1,8 @@
 """Token refresh against the sandbox: single flight under a storm, and a dead grant without one.
 
-amocrm-api.md §2.2: refresh tokens are single-use (a second refresh with the same token answers
-401 ``Token has been revoked``), the old access token stops working after a refresh; §2.3: any
-400/401 on refresh means the grant is dead; §10: "refresh token spent by two workers".
+Refresh tokens are single-use (a second refresh with the same token answers 401 ``Token has been
+revoked``) and the old access token stops working after a refresh; any 400/401 on refresh means the
+grant is dead; two workers sharing a grant must not both spend its refresh token.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from amobridge.amo import (
     TokenSet,
     TokenStore,
 )
+from amobridge.amo.client import MAX_IN_FLIGHT
 from sandbox_support import Connected
 
 
@@ -101,6 +102,11 @@ async def test_500_concurrent_calls_with_an_expired_token_cause_exactly_one_refr
         await control.get("/_sandbox/requests", params={"path_prefix": "/api/v4/account"})
     ).json()
     assert sum(1 for r in api if r["status"] == 200) == 500
+    # Only the requests already on the wire carried the expired token; the others waited for the
+    # refresh (a 401 per call at most: a second one would have failed that call).
+    refused = sum(1 for r in api if r["status"] == 401)
+    assert 1 <= refused <= MAX_IN_FLIGHT
+    assert len(api) == 500 + refused
     stored = await store.load("acme")
     assert stored is not None
     assert stored.refresh_token != acme.tokens["refresh_token"]  # the rotated pair was saved
@@ -109,7 +115,7 @@ async def test_500_concurrent_calls_with_an_expired_token_cause_exactly_one_refr
 async def test_two_processes_sharing_a_json_store_refresh_once(
     acme: Connected, sandbox_app: Any, control: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    """Two providers on one token file stand for two worker processes (§10)."""
+    """Two providers on one token file stand for two worker processes."""
     path = tmp_path / "tokens.json"
     await JsonFileTokenStore(path).save(
         "acme", TokenSet.from_token_response(acme.tokens, now=time.time(), domain=acme.host)

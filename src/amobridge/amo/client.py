@@ -65,6 +65,10 @@ from amobridge.amo.retry import BanBreaker, RetryPolicy, failure_was_sent
 API_PREFIX = "/api/v4/"
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=30.0, write=30.0, pool=30.0)
 DEFAULT_ATTEMPT_TIMEOUT = 60.0
+MAX_IN_FLIGHT = 100
+"""Requests one client has on the wire at once: its connection pool's size (httpx's default).
+Beyond it a request waits in the client, before it takes a token, not in httpx's pool queue with
+a token already in its headers (which a refresh meanwhile would make stale)."""
 
 
 def _api_path(path: str) -> tuple[str, list[tuple[str, str]]]:
@@ -158,9 +162,11 @@ class AmoClient:
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=timeout,
+            limits=httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=20),
             headers={"User-Agent": self.user_agent, "Accept": "application/json"},
             follow_redirects=False,
         )
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._closed = False
         # The endpoints, each speaking through this client's request_json (the Requester seam).
         self.account = AccountResource(self)
@@ -310,26 +316,28 @@ class AmoClient:
             self._check_breaker(host, method, api_path)
             key = self.rate_limit_key
             self._check_rate_block(key, method, api_path)
-            await self._limiter.acquire(key)
             failure: AmoError
             hint: float | None = None
             response: httpx.Response | None = None
             lost: httpx.TransportError | TimeoutError | None = None
-            try:
-                # The token is taken once the limiter admitted the request: a request that queued
-                # while a refresh happened goes out with the new token, not into a 401.
-                token = await self._tokens.get_token()
-                self._sync_domain()
-                attempts += 1
-                started = time.monotonic()
+            # The in-flight gate first: a request admitted by the limiter goes out at once.
+            async with self._in_flight:
+                await self._limiter.acquire(key)
                 try:
-                    response = await self._attempt(method, api_path, params, body, token)
-                except (httpx.TransportError, TimeoutError) as exc:
-                    lost = exc
-            finally:
-                # Exactly once per acquire, whatever ended the attempt (reply, transport error,
-                # timeout, a failing token provider, cancellation).
-                await self._release_slot(key)
+                    # The token is taken once the request may go out: one that queued while a
+                    # refresh happened carries the new token instead of drawing a 401.
+                    token = await self._tokens.get_token()
+                    self._sync_domain()
+                    attempts += 1
+                    started = time.monotonic()
+                    try:
+                        response = await self._attempt(method, api_path, params, body, token)
+                    except (httpx.TransportError, TimeoutError) as exc:
+                        lost = exc
+                finally:
+                    # Exactly once per acquire, whatever ended the attempt (reply, transport
+                    # error, timeout, a failing token provider, cancellation).
+                    await self._release_slot(key)
             spent += time.monotonic() - started
             if response is None:
                 assert lost is not None

@@ -151,6 +151,37 @@ async def test_concurrent_refreshes_of_one_stale_token_make_one_call() -> None:
     )
 
 
+async def test_get_token_waits_for_a_refresh_in_flight() -> None:
+    """The token in hand was refused: a caller asking meanwhile gets the new one, not the old."""
+    endpoint = TokenEndpoint()
+    endpoint.gate = asyncio.Event()
+    clock = Clock()
+    store = InMemoryTokenStore({KEY: stored(expires_at=clock.now + 3600)})
+    async with provider(endpoint, store, clock) as tokens:
+        assert await tokens.get_token() == "access-0"
+        refreshing = asyncio.create_task(tokens.refresh("access-0"))
+        await endpoint.called.wait()
+        asking = asyncio.create_task(tokens.get_token())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not asking.done()  # it waits for the refresh instead of returning access-0
+        endpoint.gate.set()
+        assert await asking == "access-1"
+        assert await refreshing == "access-1"
+    assert len(endpoint.calls) == 1
+
+
+async def test_a_refusal_of_an_older_token_returns_the_current_one_without_a_call() -> None:
+    endpoint = TokenEndpoint()
+    clock = Clock()
+    store = InMemoryTokenStore({KEY: stored(expires_at=clock.now + 3600)})
+    async with provider(endpoint, store, clock) as tokens:
+        assert await tokens.refresh("access-0") == "access-1"
+        # a request sent with access-0 before the refresh comes back 401 afterwards
+        assert await tokens.refresh("access-0") == "access-1"
+    assert len(endpoint.calls) == 1
+
+
 async def test_a_pair_refreshed_elsewhere_is_reused_without_calling_amocrm() -> None:
     """Another process (another provider on the same store) refreshed first."""
     endpoint = TokenEndpoint()

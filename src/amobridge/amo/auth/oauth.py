@@ -149,7 +149,15 @@ class OAuthTokenProvider:
     # --- public --------------------------------------------------------------------------------
 
     async def get_token(self) -> str:
-        """An access token valid for at least the leeway; refreshes first when needed."""
+        """An access token valid for at least the leeway; refreshes first when needed.
+
+        While a refresh is in flight this waits for its result instead of returning the token in
+        hand: that token was refused or is expiring, so a request sent with it would only draw a
+        401 (and, in a storm, double the requests).
+        """
+        task = self._inflight
+        if task is not None:
+            return await asyncio.shield(task)  # shielded as in refresh(): never abort a refresh
         if self._pending is not None:
             return await self.refresh(self._pending.access_token)
         tokens = await self._current()
