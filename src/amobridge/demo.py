@@ -1,6 +1,6 @@
 """``amobridge demo`` (what ``make run`` starts): the service and the sandbox in one process.
 
-The sandbox gets a demo account ("Demo Academy", with seed 002's pipeline) and an integration
+The sandbox gets a demo account ("Demo Academy", with an online school's pipeline) and an integration
 whose redirect URI is the service's callback; the service is configured to use the sandbox for
 the consent page, the button script and every API call. ``/demo/*`` routes act as a demo owner,
 so the printed URLs work in a browser as they are (no credential is printed).

@@ -2,8 +2,8 @@
 
 Every value comes from the environment (prefix ``AMOBRIDGE_``, nested groups joined with ``__``,
 e.g. ``AMOBRIDGE_SANDBOX__PORT``) or from a ``.env`` file. Unknown ``AMOBRIDGE_*`` names are
-refused, and so is any value that is a known placeholder: seed 002 shipped
-``AMOCRM_STAGE_LESSON_1=12345678`` to production, and the integration silently moved nothing.
+refused, and so is any value that is a known placeholder: an example ``.env`` with
+``AMOCRM_STAGE_LESSON_1=12345678`` that reaches production makes the integration silently move nothing.
 
 The SDK (``amobridge.amo``) never reads this class; the CLI builds it once and passes values on.
 Every setting is listed in ``docs/configuration.md`` (a test keeps the two in step).
@@ -62,7 +62,7 @@ PLACEHOLDER_STRINGS = frozenset(
         "def50200a1b2c3...",
     }
 )
-# Numbers from seed 002's example .env, shipped as stage ids to production.
+# Numbers example .env files ship as stage ids (and that reach production unchanged).
 PLACEHOLDER_NUMBERS = frozenset(
     {0, 123, 1234, 12345, 123456, 1234567, 12345678, 23456789, 34567890}
 )
@@ -151,7 +151,7 @@ class ServerSettings(_Group):
     )
     root_path: str = Field(
         "",
-        description="Path prefix a reverse proxy strips before forwarding (seed 000's /api).",
+        description="Path prefix a reverse proxy strips before forwarding (e.g. /api).",
     )
     run_workers: bool = Field(True, description="Run the background workers inside `serve`.")
     forwarded_allow_ips: str = Field(

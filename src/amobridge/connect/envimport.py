@@ -69,7 +69,7 @@ def read_legacy_env(path: Path) -> LegacyEnv:
             digits = value.split("#")[0].strip()
             if digits.isdigit() and placeholder_problem(int(digits)):
                 warnings.append(
-                    f"{name}={digits} is a placeholder id from an example (seed 002): "
+                    f"{name}={digits} is a placeholder id from an example: "
                     "choose stages by name in amobridge's rules instead"
                 )
     domain = found["domain"] or ""

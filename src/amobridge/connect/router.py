@@ -1,5 +1,5 @@
 """HTTP routes of the connect flows. Paths carry no ``/api`` prefix: a proxy that adds one sets
-``AMOBRIDGE_SERVER__ROOT_PATH`` instead (seed 000's 404)."""
+``AMOBRIDGE_SERVER__ROOT_PATH`` instead (otherwise every route would 404 behind it)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 router = APIRouter(tags=["connect"])
 
 
-def service(request: Request) -> ConnectService:
+async def service(request: Request) -> ConnectService:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a hop per request.
     found: ConnectService = request.app.state.services.connect
     return found
 

@@ -381,7 +381,8 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _parse_body(body: bytes, content_type: str) -> dict[str, Any]:
-    """The secrets webhook is documented as JSON; accept a form body too (§3, unverified)."""
+    """The secrets webhook is documented as JSON; accept a form body too (its encoding is not
+    documented beyond that)."""
     if not body.strip():
         raise ServiceError("empty body")
     if "json" in content_type or body.lstrip().startswith(b"{"):

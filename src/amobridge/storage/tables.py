@@ -170,7 +170,7 @@ class ApiKey(Base):
 
 
 class AuditEntry(Base):
-    """Who did what to which connection/lead/stage, with the outcome (seed 002's amocrm_logs)."""
+    """Who did what to which connection/lead/stage, with the outcome."""
 
     __tablename__ = "audit_log"
 
@@ -210,6 +210,8 @@ class RateLimitSlot(Base):
     lease_holder: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_until: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
     wanted_until: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+
+    __table_args__ = (Index("ix_rate_limits_lease_holder", "lease_holder"),)
 
 
 class HostNotification(Base):

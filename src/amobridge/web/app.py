@@ -20,7 +20,7 @@ __all__ = ["Services", "create_app"]
 
 
 class RootPathMiddleware:
-    """Serve under a proxy prefix (seed 000's ``/api``) as ASGI servers do for ``--root-path``:
+    """Serve under a proxy prefix (e.g. ``/api``) as ASGI servers do for ``--root-path``:
     ``scope["root_path"]`` is the prefix and ``scope["path"]`` carries it too, whether or not the
     proxy stripped it. (FastAPI's own ``root_path`` argument is deprecated and set only the
     former, so trailing-slash redirects and ``request.url`` lost the prefix: a 307 to
