@@ -162,7 +162,11 @@ class AmoClient:
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=timeout,
-            limits=httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=20),
+            # As many idle connections kept as may be in flight: with httpx's default of 20, a
+            # burst that pauses (a refresh, a busy event loop) closes the rest and reconnects.
+            limits=httpx.Limits(
+                max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT
+            ),
             headers={"User-Agent": self.user_agent, "Accept": "application/json"},
             follow_redirects=False,
         )
