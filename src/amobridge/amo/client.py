@@ -1,7 +1,8 @@
 """``AmoClient``: the one HTTP pipeline every amoCRM call goes through.
 
-A request passes, in order: the ban breaker (a banned account is refused without a call), the rate
-limiter (``acquire``), the token provider (refreshing before expiry; asked only once the limiter
+A request passes, in order: the ban breaker (a banned account is refused without a call), the
+in-flight gate (at most :data:`MAX_IN_FLIGHT` on the wire), the rate limiter (``acquire``), the
+token provider (refreshing before expiry; asked only once the limiter
 admitted the request, so a request that queued meanwhile carries the newest token), one attempt
 under an overall deadline (``asyncio.timeout``: httpx's own timeouts do not apply on in-process
 transports), the limiter's ``release`` (the slot counts until the reply, then one more window),
