@@ -2,12 +2,12 @@
 
 A request passes, in order: the ban breaker (a banned account is refused without a call), the
 in-flight gate (at most :data:`MAX_IN_FLIGHT` on the wire), the rate limiter (``acquire``), the
-token provider (refreshing before expiry; asked only once the limiter
-admitted the request, so a request that queued meanwhile carries the newest token), one attempt
-under an overall deadline (``asyncio.timeout``: httpx's own timeouts do not apply on in-process
-transports), the limiter's ``release`` (the slot counts until the reply, then one more window),
-then the reply is mapped by :func:`~amobridge.amo.errors.error_from_response` and retried or raised as the table
-in :mod:`amobridge.amo.retry` says. The endpoint resources (``client.leads`` …) only build paths and
+token provider (refreshing before expiry; asked only once the limiter admitted the request, so a
+request that queued meanwhile carries the newest token), one attempt under an overall deadline
+(``asyncio.timeout``: httpx's own timeouts do not apply on in-process transports), the limiter's
+``release`` (the slot counts until the reply, then one more window), then the reply is mapped by
+:func:`~amobridge.amo.errors.error_from_response` and retried or raised as the table in
+:mod:`amobridge.amo.retry` says. The endpoint resources (``client.leads`` …) only build paths and
 bodies and call :meth:`AmoClient.request_json` (the ``Requester`` seam).
 """
 

@@ -1,11 +1,11 @@
 """Account domains: what the user types or amoCRM sends, turned into the one host to call.
 
 amoCRM serves ``/oauth2/access_token`` and ``/api/v4/`` on the **account host** only
-(``{subdomain}.amocrm.ru``, ``.amocrm.com``, ``.kommo.com``; §1). :func:`parse_account_domain`
+(``{subdomain}.amocrm.ru``, ``.amocrm.com``, ``.kommo.com``). :func:`parse_account_domain`
 accepts ``acme``, ``acme.amocrm.ru``, ``https://acme.kommo.com/`` and the ``referer`` value from the
 OAuth redirect, and refuses amoCRM's own hosts (``www``, ``api-b…``) with the message users need.
 
-:func:`discover_subdomain` asks amoCRM which account a refresh token belongs to (§1), and
+:func:`discover_subdomain` asks amoCRM which account a refresh token belongs to, and
 :func:`token_claims` reads an access token's JWT claims (``api_domain``, ``base_domain``,
 ``account_id``) without verifying it: amoCRM's public key is not published, and the claims are only
 used to find hosts, never to trust anything.
@@ -110,7 +110,7 @@ def parse_account_domain(
 
 
 def default_user_agent() -> str:
-    """``amobridge/{version} (python-httpx/{version})``: amoCRM sees who calls (§5.1)."""
+    """``amobridge/{version} (python-httpx/{version})``: amoCRM sees who calls."""
     from amobridge import __version__
 
     return f"amobridge/{__version__} (python-httpx/{httpx.__version__})"
@@ -172,7 +172,7 @@ async def discover_subdomain(
     refresh_token: str,
     base_url: str | None = None,
 ) -> AccountDomain:
-    """Which account a refresh token belongs to (§1):
+    """Which account a refresh token belongs to:
     ``GET https://{api_domain}/oauth2/account/current/subdomain`` with ``X-Refresh-Token``.
 
     Raises :class:`AmoInvalidDomain` when amoCRM does not know the token or answers something that

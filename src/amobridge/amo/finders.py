@@ -2,7 +2,7 @@
 
 amoCRM has no "leads by contact e-mail" endpoint. A finder searches contacts with ``query``, keeps
 those whose EMAIL / PHONE values really are the one asked for (amoCRM stores them as typed and its
-phone matching is undocumented, amocrm-api.md §5.2: e-mails are compared lower-cased, phones in
+phone matching is undocumented: e-mails are compared lower-cased, phones in
 E.164), then reads the leads linked to those contacts and keeps the ones in the pipeline asked for.
 
 ::
@@ -46,9 +46,9 @@ log = logging.getLogger("amobridge.amo.finders")
 
 DEFAULT_MAX_CONTACTS = 250
 """Contacts read per query form. A phone or e-mail shared by more people than this is not a way to
-find one customer, and reading further would be the full scan amoCRM bans accounts for (§7)."""
+find one customer, and reading further would be the full scan amoCRM bans accounts for."""
 LEAD_IDS_PER_REQUEST = 50
-"""Lead ids per ``filter[id]`` read: keeps the URL short, as amoCRM's writes do (§5.3)."""
+"""Lead ids per ``filter[id]`` read: keeps the URL short, as amoCRM's writes do."""
 
 PipelineRef = int | str | None
 """A pipeline by id or by name (case- and space-insensitive); None: every pipeline."""

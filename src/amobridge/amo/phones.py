@@ -1,7 +1,7 @@
 """Phone and e-mail normalisation, so a lead can be found by how a person typed their contact.
 
 amoCRM stores phones exactly as entered ("+7 (912) 345-67-89", "8 912 345 67 89", "89123456789")
-and its ``query`` search is not documented to normalise them (amocrm-api.md §5.2), so amobridge
+and its ``query`` search is not documented to normalise them, so amobridge
 compares phones itself, in E.164, using Google's libphonenumber (the ``phonenumbers`` package)
 rather than hand-written digit rules that break on the first foreign number.
 """
@@ -93,7 +93,7 @@ def phones_match(a: str | None, b: str | None, default_region: str = "RU") -> bo
 def phone_search_terms(raw: str, default_region: str = "RU") -> list[str]:
     """Strings to pass as amoCRM's ``query`` when searching contacts by ``raw``, best first.
 
-    amoCRM's matching of phones is undocumented (amocrm-api.md §5.2) and a phone is stored as it
+    amoCRM's matching of phones is undocumented and a phone is stored as it
     was typed, so a finder tries the forms a stored value most likely contains and then keeps only
     the contacts whose phones :func:`phones_match`:
 

@@ -106,7 +106,7 @@ def failure_was_sent(exc: BaseException) -> bool:
 
 
 class BanBreaker:
-    """Per-account circuit breaker for amoCRM's 403 ban (§7).
+    """Per-account circuit breaker for amoCRM's 403 ban.
 
     amoCRM answers every call with 403 until support lifts the block and says nothing about when,
     so a trip lasts ``ban_seconds`` (a guess, default 1 h) during which the client raises

@@ -1,4 +1,4 @@
-"""amoCRM's webhook bodies (amocrm-api.md §8.2) as typed events.
+"""amoCRM's webhook bodies as typed events.
 
 amoCRM POSTs ``application/x-www-form-urlencoded`` bodies with PHP-style bracket keys, every value a
 string::
@@ -20,7 +20,7 @@ The body is input from the internet: a value that is not what a field expects be
 string stays in ``raw``), keys that cannot be read are listed in :attr:`WebhookPayload.ignored`, and the
 only exception :func:`parse_webhook` raises is :class:`WebhookParseError`.
 
-Authenticity is not the parser's business: amoCRM signs nothing (§8.2), so the receiver checks a URL
+Authenticity is not the parser's business: amoCRM signs nothing, so the receiver checks a URL
 secret and ``account[id]``, and re-reads the data through the API.
 """
 
@@ -193,7 +193,7 @@ class WebhookCustomFieldValue(_Open):
 class WebhookCustomField(_Open):
     id: WebhookInt = None
     name: WebhookStr = None
-    code: WebhookStr = None  # only on PHONE, EMAIL, POSITION, IM (§8.2)
+    code: WebhookStr = None  # only on PHONE, EMAIL, POSITION, IM
     values: Annotated[list[WebhookCustomFieldValue], BeforeValidator(_to_values)] = Field(
         default_factory=list
     )
@@ -254,7 +254,7 @@ class BaseWebhookEvent(_Open):
         (else ``last_modified``, ``created_at``, ``date_create``) and the discriminators tell apart
         changes in the same second: the new status and pipeline for ``status``, the new responsible
         user for ``responsible``. Without an id the item's content hash stands in. Two updates in
-        one second share a key; the receiver re-reads the entity through the API anyway (§8.3).
+        one second share a key; the receiver re-reads the entity through the API anyway.
         """
         identity = str(self.id) if self.id is not None else "sha256-" + _content_hash(self._raw)
         version = next(
@@ -338,7 +338,7 @@ class LeadEvent(_CrmEntityEvent):
     entity: Literal["leads"] = "leads"
     entity_key: str = "leads"
     status_id: WebhookInt = None
-    old_status_id: WebhookInt = None  # absent on add (§8.2)
+    old_status_id: WebhookInt = None  # absent on add
     pipeline_id: WebhookInt = None
     old_pipeline_id: WebhookInt = None  # digital-pipeline hooks only
     price: WebhookInt = None

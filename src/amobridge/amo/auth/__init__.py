@@ -1,6 +1,6 @@
 """Tokens: where they live, how they are refreshed, and the one rule that keeps a grant alive.
 
-amoCRM's refresh token is **single-use** (§2.2): each refresh returns a new pair and spends the
+amoCRM's refresh token is **single-use**: each refresh returns a new pair and spends the
 old one. Two refreshes with the same token race and one loses; a pair that is received but not
 stored is lost for good. So :class:`OAuthTokenProvider`:
 
@@ -18,7 +18,7 @@ stored is lost for good. So :class:`OAuthTokenProvider`:
 - turns any 400/401 from the token endpoint (``Token has been revoked``, ``invalid_grant``, …) into
   :class:`AmoReauthRequired`, once: until different tokens are stored, later calls raise it again
   without touching the network. ``Invalid account`` (or 404) triggers one subdomain discovery and
-  one retry on the discovered host (§1, §2.3).
+  one retry on the discovered host.
 
 Stores implement :class:`TokenStore`: ``load``, ``save`` and ``lock`` (the lock hook the service
 implements across processes). Shipped: :class:`InMemoryTokenStore` and :class:`JsonFileTokenStore`.

@@ -212,7 +212,7 @@ async def exchange_code(
     user_agent: str | None = None,
 ) -> TokenSet:
     """Exchange an authorization code for a token pair at the **account's** token endpoint
-    (``https://{referer}/oauth2/access_token``; §2.2).
+    (``https://{referer}/oauth2/access_token``).
 
     ``domain`` is the ``referer`` from the redirect. Refusals raise :class:`AmoAuthError` with
     amoCRM's ``hint`` and what to do (a code lives 20 minutes and works once).

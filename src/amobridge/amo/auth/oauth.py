@@ -367,7 +367,7 @@ class OAuthTokenProvider:
                 ) from None
 
     async def _discover(self, stored: TokenSet) -> bool:
-        """Subdomain discovery (§1); True when it found another host to retry on."""
+        """Subdomain discovery; True when it found another host to retry on."""
         assert stored.refresh_token is not None
         api_domain = api_domain_of(stored.access_token, self._domain.base_domain)
         try:

@@ -26,7 +26,7 @@ class TokenProvider(Protocol):
 
 
 class StaticTokenProvider:
-    """A long-lived token (private integrations, §2.4): no refresh; a 401 means it expired or was
+    """A long-lived token (private integrations): no refresh; a 401 means it expired or was
     revoked, which raises :class:`AmoReauthRequired`."""
 
     def __init__(self, token: str) -> None:

@@ -261,7 +261,7 @@ class WithCustomFields(AmoModel):
 
 
 class CrmEntity(WithCustomFields):
-    """What leads, contacts and companies share in amoCRM's replies (§5.2)."""
+    """What leads, contacts and companies share in amoCRM's replies."""
 
     id: int
     name: str | None = None

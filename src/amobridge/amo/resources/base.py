@@ -26,7 +26,7 @@ from amobridge.amo.errors import AmoAmbiguousWrite, AmoError, AmoServerError
 from amobridge.amo.models.base import AmoInput, CreatedEntity, Page, UpdatedEntity
 
 DEFAULT_CHUNK_SIZE = 50
-"""Entities per write request unless told otherwise: amoCRM's recommendation (§5.3)."""
+"""Entities per write request unless told otherwise: amoCRM's recommendation."""
 MAX_CHUNK_SIZE = 250
 """amoCRM's hard limit per add/update request; above it answers 422 "Limit 250 per page"."""
 COMPLEX_MAX_CHUNK_SIZE = 50
