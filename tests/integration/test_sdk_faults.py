@@ -1,7 +1,7 @@
 """The pipeline under injected faults: every read succeeds, no create is duplicated.
 
-amocrm-api.md §9 (fault injection: 5xx, 504, timeouts, 429 bursts), §10 ("duplicates: retried
-creates whose reply got lost"), §7 (429). A create whose outcome is unknown raises
+Injected faults: 5xx, 504, timeouts, 429 bursts; the danger is a duplicate, a retried create
+whose reply got lost. A create whose outcome is unknown raises
 AmoAmbiguousWrite with its request_ids instead of being sent again.
 """
 

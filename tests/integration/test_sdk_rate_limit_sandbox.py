@@ -1,5 +1,5 @@
 """The client's limiter against the sandbox's own (rate limiting ON), measured where it counts: the
-arrival times the sandbox logs. amocrm-api.md §7: at most 7 requests per second; over it, 429;
+arrival times the sandbox logs. amoCRM allows at most 7 requests per second; over it, 429;
 repeated 429s, an account-wide 403 ban.
 
 The 1,000-task bound is proved on a fake clock in tests/unit/amo/test_sdk_ratelimit.py; here 50
@@ -58,7 +58,7 @@ async def test_concurrent_calls_never_exceed_7_per_second_at_the_sandbox(
 async def test_ban_stops_the_client_until_retry_at(
     acme: Connected, sandbox_app: Any, control: httpx.AsyncClient
 ) -> None:
-    """amocrm-api.md §7: a banned account answers 403 (an nginx HTML page) to everything."""
+    """A banned account answers 403 (an nginx HTML page) to everything."""
     await control.post("/_sandbox/ban", json={"account_id": acme.account_id, "seconds": 3600})
     await control.delete("/_sandbox/requests")
     breaker = BanBreaker(ban_seconds=1800)

@@ -1,8 +1,8 @@
 """AmoClient end to end against the sandbox: code exchange, domains, discovery, long-lived tokens,
 and a real socket through ``base_url``.
 
-amocrm-api.md §1 (account host only; subdomain discovery), §2.2 (token endpoint on the account
-host), §2.4 (long-lived tokens), §10 ("wrong domain").
+The account host only, subdomain discovery, the token endpoint on the account host, long-lived
+tokens, and a token used on the wrong domain.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ async def test_wrong_account_domain_says_account_not_found(
 async def test_refresh_on_a_wrong_host_discovers_the_subdomain(
     acme: Connected, sandbox_app: Any, control: httpx.AsyncClient
 ) -> None:
-    """§1/§2.3: ``Invalid account`` from the token endpoint → one discovery → retry there."""
+    """``Invalid account`` from the token endpoint → one discovery → retry there."""
     stale = TokenSet(  # expired: the provider refreshes before the first call
         acme.tokens["access_token"],
         acme.tokens["refresh_token"],

@@ -128,7 +128,7 @@ def test_search_terms_cover_the_usual_renderings() -> None:
      "+7 912 345-67-89", "7 912 345 67 89", "9123456789", "8-912-345-67-89", "+7(912)345-67-89"],
 )  # fmt: skip
 def test_some_term_is_a_substring_of_each_usual_rendering(stored: str) -> None:
-    """What a substring search (the sandbox's, §5.2) needs to find a phone however it was typed."""
+    """What a substring search (the sandbox's) needs to find a phone however it was typed."""
     for typed in ("89123456789", "+7 (912) 345-67-89", "7 912 3456789"):
         assert any(term in stored for term in phone_search_terms(typed))
 

@@ -1,6 +1,6 @@
 """Token providers against a scripted token endpoint (httpx.MockTransport).
 
-amocrm-api.md §2.2: refresh tokens are single-use, so concurrent refreshes must be one; §2.3: any
+Refresh tokens are single-use, so concurrent refreshes must be one; any
 400/401 on refresh means the grant is dead; ``Invalid account`` means the wrong host.
 """
 

@@ -1,5 +1,5 @@
-"""Account domains (amocrm-api.md §1: the account host only, never ``www`` or ``api-b``),
-JWT claims read without verification (§2.4), subdomain discovery (§1)."""
+"""Account domains (the account host only, never ``www`` or ``api-b``),
+JWT claims read without verification, subdomain discovery."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The error tree, error_from_response, and the rule that no message carries a secret.
 
-amocrm-api.md §6 (error bodies and statuses), §7 (429 ``retry_after``, 403 ban as HTML).
+amoCRM's error bodies and statuses, a 429's ``retry_after``, a 403 ban served as HTML.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The webhook parser on the bodies amoCRM sends (amocrm-api.md §8.2) and on the ones it should not."""
+"""The webhook parser on the bodies amoCRM sends and on the ones it should not."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from amobridge.amo.webhooks import (
     parse_webhook,
 )
 
-# The §8.2 example, as it is on the wire: %-encoded keys, UTF-8 values.
+# amoCRM's documented example, as it is on the wire: %-encoded keys, UTF-8 values.
 SPEC_EXAMPLE = (
     "account%5Bsubdomain%5D=acme"
     "&account%5Bid%5D=30739638"
@@ -43,7 +43,7 @@ def form(*pairs: tuple[str, str]) -> bytes:
 
 
 def test_spec_example_status_change() -> None:
-    """amocrm-api.md §8.2: the documented status_lead body, every value a string."""
+    """The documented status_lead body, every value a string."""
     payload = parse_webhook(SPEC_EXAMPLE.encode())
 
     assert payload.account is not None
@@ -73,7 +73,7 @@ def test_str_and_bytes_bodies_agree() -> None:
 
 
 def test_lead_add_with_every_documented_field() -> None:
-    """§8.2: leads carry name, price, responsible_user_id, date_create, last_modified, created_at,
+    """Leads carry name, price, responsible_user_id, date_create, last_modified, created_at,
     tags[i][id|name]; add lacks old_status_id."""
     payload = parse_webhook(
         form(
@@ -116,7 +116,7 @@ def test_lead_add_with_every_documented_field() -> None:
 
 
 def test_contact_with_phones_emails_and_links() -> None:
-    """§8.2: contacts carry company_name, linked_company_id, linked_leads_id[{id}][ID], type=contact;
+    """Contacts carry company_name, linked_company_id, linked_leads_id[{id}][ID], type=contact;
     custom fields have code only on PHONE, EMAIL, POSITION, IM."""
     payload = parse_webhook(
         form(
@@ -176,7 +176,7 @@ def test_linked_leads_in_other_shapes(linked: list[tuple[str, str]]) -> None:
 
 
 def test_companies_as_contacts_and_as_companies() -> None:
-    """§8.2: companies come as contacts[…] with type=company; companies[…] is parsed too."""
+    """Companies come as contacts[…] with type=company; companies[…] is parsed too."""
     payload = parse_webhook(
         form(
             ("contacts[add][0][id]", "4001"),
@@ -206,7 +206,7 @@ def test_companies_as_contacts_and_as_companies() -> None:
 
 
 def test_delete_carries_only_the_id() -> None:
-    """§8.2: leads[delete][0][id] (the sandbox sends only id)."""
+    """Deletions come as leads[delete][0][id] (the sandbox sends only id)."""
     payload = parse_webhook(form(("leads[delete][0][id]", "1190401"), ("account[id]", "1")))
     [event] = payload.events
     assert isinstance(event, LeadEvent)
@@ -268,7 +268,7 @@ def test_notes_nested_and_flat() -> None:
 
 
 def test_several_entities_and_actions_in_one_body() -> None:
-    """§8.2 (unverified: several entities or actions per POST — parse it)."""
+    """Several entities or actions per POST (unverified on amoCRM): parse it."""
     payload = parse_webhook(
         form(
             ("account[id]", "30739638"),
@@ -335,7 +335,7 @@ def test_empty_brackets_append() -> None:
 
 
 def test_2018_bare_values() -> None:
-    """§8.2: a 2018 capture sends date fields as a bare [values][0]."""
+    """A 2018 capture sends date fields as a bare [values][0]."""
     [lead] = parse_webhook(
         form(
             ("leads[update][0][id]", "1"),

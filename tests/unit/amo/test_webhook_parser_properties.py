@@ -1,6 +1,6 @@
 """Generated webhook bodies: random events round-trip through amoCRM's encoding; garbage never crashes.
 
-The encoder here is written from amocrm-api.md §8.2, not from the parser: keys
+The encoder here is written from amoCRM's webhook format, not from the parser: keys
 ``{entity}[{action}][{i}][{field}]``, every value a string, %-encoded.
 """
 
@@ -192,7 +192,7 @@ def encode_event(prefix: str, event: WebhookEvent, rng: random.Random) -> list[t
     fields = event.model_dump(exclude={"entity", "entity_key", "action"}, exclude_none=True)
     for field in fields.get("custom_fields", []):
         field["values"] = [
-            # the 2018 form: a bare [values][i] when there is no enum (§8.2)
+            # the 2018 form: a bare [values][i] when there is no enum
             value["value"] if set(value) == {"value"} and rng.random() < 0.5 else value
             for value in field["values"]
         ]

@@ -1,4 +1,4 @@
-"""What the sandbox's webhook sender POSTs (amocrm-api.md §8.2) parses into the right events.
+"""What the sandbox's webhook sender POSTs parses into the right events.
 
 The sandbox builds its bodies without the SDK (STYLE.md §7), so a shape one of them gets wrong
 shows up here. Changes are made through the sandbox's API and control API, as a manager would;
@@ -109,7 +109,7 @@ def created_id(reply: Any, key: str) -> int:
 
 
 async def test_every_kind_of_change_parses_into_its_event(crm: Crm, inbox: Inbox) -> None:
-    """§8.2: leads add/status/responsible/update/delete/note, contacts and companies (as
+    """Leads add/status/responsible/update/delete/note, contacts and companies (as
     contacts[…] type=company), every value a string, one account block per body."""
     account = crm.acme.account
     pipeline = account["pipelines"][0]
@@ -224,7 +224,7 @@ async def test_every_kind_of_change_parses_into_its_event(crm: Crm, inbox: Inbox
 
 
 async def test_a_redelivery_has_the_same_dedup_keys(crm: Crm, inbox: Inbox) -> None:
-    """§8.3: a failed delivery is sent again 5 minutes later; the receiver must see it as the same."""
+    """A failed delivery is sent again 5 minutes later; the receiver must see it as the same."""
     inbox.fail = 1
     await crm.post("/api/v4/leads", [{"name": "Повтор"}])
     await crm.flush()
@@ -240,7 +240,7 @@ async def test_a_redelivery_has_the_same_dedup_keys(crm: Crm, inbox: Inbox) -> N
     [SandboxConfig(rate_limit_enabled=False, webhook_multi_per_post=True)],
 )
 async def test_several_events_in_one_post(crm: Crm, inbox: Inbox) -> None:
-    """§8.2 (unverified: several entities or actions per POST — the sandbox does it by setting)."""
+    """Several entities or actions per POST (unverified on amoCRM; the sandbox does it by setting)."""
     pipeline = crm.acme.account["pipelines"][0]
     made = await crm.post("/api/v4/leads", [{"name": "a"}, {"name": "b"}, {"name": "c"}])
     ids = [item["id"] for item in made["_embedded"]["leads"]]
