@@ -1,4 +1,5 @@
-"""Fixtures shared by every tier: a clean environment, and an in-process sandbox."""
+"""Fixtures shared by every tier: a clean environment, an in-process sandbox, and migrated
+databases (copies of one template per session, see database_support.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from amobridge.sandbox import Clock, Sandbox, SandboxConfig, create_sandbox_app
 from amobridge.sandbox.tokens import generate_signing_key
+from database_support import DATABASE_KINDS, DatabaseTemplates, fresh_database
 from sandbox_support import Connected, connect
 
 SANDBOX_URL = "http://sandbox.test"
@@ -81,46 +83,23 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-def _create_pg_database(admin_url: str) -> tuple[str, Any]:
-    import uuid
-
-    from sqlalchemy import create_engine, text
-
-    name = f"amobridge_t_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(
-        admin_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    return f"{admin_url.rsplit('/', 1)[0]}/{name}", (admin, name)
-
-
-def _drop_pg_database(handle: Any) -> None:
-    from sqlalchemy import text
-
-    admin, name = handle
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
-    """A fresh, migrated database: SQLite in a temp dir, and PostgreSQL (its own database)."""
-    from amobridge.storage import migrate
-
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'amobridge.db'}"
-        migrate.upgrade(url)
-        yield url
-        return
-    admin_url = request.getfixturevalue("postgres_url")
-    url, handle = _create_pg_database(admin_url)
+@pytest.fixture(scope="session")
+def database_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseTemplates]:
+    """The session's migrated templates (see database_support.py): Alembic runs once per
+    database kind and session, not once per test."""
+    templates = DatabaseTemplates(tmp_path_factory.mktemp("database-template"))
     try:
-        migrate.upgrade(url)
-        yield url
+        yield templates
     finally:
-        _drop_pg_database(handle)
+        templates.close()
+
+
+@pytest.fixture(params=DATABASE_KINDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """A fresh, migrated database of the test's own: SQLite in its temp dir, and PostgreSQL
+    (its own database, dropped afterwards). Both are copies of the session's template."""
+    with fresh_database(request, request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
