@@ -1,4 +1,9 @@
-"""Token stores: the in-memory and JSON-file implementations of the TokenStore protocol."""
+"""Token stores: what only the SDK's in-memory and JSON-file stores promise.
+
+The ``TokenStore`` contract itself (round trip, overwrite, unknown keys, the lock within and
+across processes) is one suite for every store, the service's database store included:
+``tests/integration/test_token_store_contract.py``.
+"""
 
 from __future__ import annotations
 
@@ -9,48 +14,28 @@ from pathlib import Path
 
 import pytest
 
-from amobridge.amo.auth import InMemoryTokenStore, JsonFileTokenStore, TokenSet, TokenStore
+from amobridge.amo.auth import InMemoryTokenStore, JsonFileTokenStore, TokenSet
 from amobridge.amo.errors import AmoTokenStoreError
 
 PAIR = TokenSet("access-1", "refresh-1", 1_700_000_000.0, domain="acme.amocrm.ru")
+FULL = TokenSet(
+    "access-1",
+    "refresh-1",
+    1_700_000_000.0,
+    token_type="Bearer",
+    server_time=1_699_999_990,
+    issued_at=1_699_913_600.0,
+    domain="acme.amocrm.ru",
+)
 
 
-@pytest.fixture(params=["memory", "json"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> TokenStore:
-    if request.param == "memory":
-        return InMemoryTokenStore()
-    return JsonFileTokenStore(tmp_path / "tokens.json")
-
-
-async def test_store_round_trip(store: TokenStore) -> None:
-    assert isinstance(store, TokenStore)
-    assert await store.load("k") is None
-    await store.save("k", PAIR)
-    await store.save("other", TokenSet("access-2", None, 1.0))
-    assert await store.load("k") == PAIR
-    assert (await store.load("other")) == TokenSet("access-2", None, 1.0)
-
-
-async def test_store_lock_is_exclusive_per_key(store: TokenStore) -> None:
-    order: list[str] = []
-
-    async def hold(name: str, inside: asyncio.Event, release: asyncio.Event) -> None:
-        async with store.lock("k"):
-            order.append(f"{name} in")
-            inside.set()
-            await release.wait()
-            order.append(f"{name} out")
-
-    first_in, second_in, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    first = asyncio.create_task(hold("a", first_in, release))
-    await first_in.wait()
-    second = asyncio.create_task(hold("b", second_in, release))
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert not second_in.is_set()
-    release.set()
-    await asyncio.gather(first, second)
-    assert order == ["a in", "a out", "b in", "b out"]
+@pytest.mark.parametrize("kind", ["memory", "json"])
+async def test_the_sdk_stores_keep_the_whole_token_set(kind: str, tmp_path: Path) -> None:
+    """Every field comes back, ``server_time`` included (the database store keeps only what a
+    provider reads)."""
+    store = InMemoryTokenStore() if kind == "memory" else JsonFileTokenStore(tmp_path / "t.json")
+    await store.save("k", FULL)
+    assert await store.load("k") == FULL
 
 
 async def test_json_store_file_is_private_and_readable_json(tmp_path: Path) -> None:
@@ -67,25 +52,6 @@ async def test_json_store_file_is_private_and_readable_json(tmp_path: Path) -> N
     ]
 
 
-async def test_json_store_lock_excludes_another_process(tmp_path: Path) -> None:
-    """Two store objects on one file stand for two processes: flock excludes them (the timeout
-    test below shows the waiter cannot get in while the lock is held)."""
-    path = tmp_path / "tokens.json"
-    ours, theirs = JsonFileTokenStore(path), JsonFileTokenStore(path, lock_timeout=5)
-    entered = asyncio.Event()
-    async with ours.lock("k"):
-
-        async def take() -> None:
-            async with theirs.lock("k"):
-                entered.set()
-
-        task = asyncio.create_task(take())
-        await asyncio.sleep(0)
-        assert not entered.is_set()  # it is polling the held flock
-    await asyncio.wait_for(task, 5)
-    assert entered.is_set()
-
-
 async def test_json_store_lock_gives_up_after_its_timeout(tmp_path: Path) -> None:
     path = tmp_path / "tokens.json"
     ours, theirs = JsonFileTokenStore(path), JsonFileTokenStore(path, lock_timeout=0.05)
@@ -93,15 +59,6 @@ async def test_json_store_lock_gives_up_after_its_timeout(tmp_path: Path) -> Non
         with pytest.raises(AmoTokenStoreError, match="another process"):
             async with theirs.lock("k"):
                 pass
-
-
-async def test_json_store_keys_lock_independently(tmp_path: Path) -> None:
-    path = tmp_path / "tokens.json"
-    ours, theirs = JsonFileTokenStore(path), JsonFileTokenStore(path, lock_timeout=0.05)
-    async with ours.lock("a"), theirs.lock("b"):
-        await ours.save("a", PAIR)
-        await theirs.save("b", PAIR)
-    assert await ours.load("b") == PAIR
 
 
 async def test_json_store_refuses_a_file_that_is_not_an_object(tmp_path: Path) -> None:
