@@ -7,7 +7,7 @@
 - :func:`run_workers` starts *refresh worker* processes: each builds the service's
   :class:`Services` on the shared database, waits at a barrier until all are ready, fires
   ``calls`` concurrent ``account.get()`` through ``services.clients.client(connection)`` and
-  reports how many succeeded.
+  reports how many succeeded, and how many 401s amoCRM answered each call.
 - :func:`full_flows`: every connect flow of the in-process ``stack`` (redirect, website button,
   refresh, re-auth, long-lived import, exchange-code, disconnect, uninstall, errors), and
   :func:`sandbox_secrets`: every token and secret the sandbox issued, to search for afterwards.
@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import multiprocessing
 import re
 import threading
@@ -63,6 +64,9 @@ def service_settings(
 class WorkerResult:
     ok: int
     errors: list[str]
+    # Per call (one ``account.get()``), how many 401s amoCRM answered it. Two means the call was
+    # refused, refreshed (or took another's refresh) and refused again: it sent a spent token.
+    unauthorized: list[int]
 
 
 _context: Any = None
@@ -105,7 +109,7 @@ async def run_workers(
         for _ in procs:
             outcome = await asyncio.to_thread(outcomes.get, True, deadline)
             assert "failure" not in outcome, outcome["failure"]
-            results.append(WorkerResult(outcome["ok"], outcome["errors"]))
+            results.append(WorkerResult(outcome["ok"], outcome["errors"], outcome["unauthorized"]))
         for proc in procs:
             await asyncio.to_thread(proc.join, STOP_DEADLINE)
             assert proc.exitcode == 0, f"{proc.name} exited with {proc.exitcode}"
@@ -131,6 +135,48 @@ def refresh_worker(config: dict[str, Any], barrier: Any, outcomes: Any) -> None:
     outcomes.join_thread()
 
 
+_call_index: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "refresh_worker_call", default=None
+)
+
+
+class _UnauthorizedPerCall(httpx.AsyncBaseTransport):
+    """The worker's transport to the sandbox, counting the 401s of each API call: every call runs
+    in a task of its own whose context holds its index, and the SDK sends a call's requests (its
+    retry after a refresh too) from that task.
+
+    Given a transport, httpx ignores a client's pool limits, so the pools are the service's own:
+    API calls get the ``AmoClient``'s (``MAX_IN_FLIGHT`` connections, as many kept idle), the
+    token endpoint its client's httpx default."""
+
+    def __init__(self, calls: int) -> None:
+        from amobridge.amo.client import MAX_IN_FLIGHT
+
+        self._api = httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(
+                max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT
+            )
+        )
+        self._other = httpx.AsyncHTTPTransport()
+        self.counts = [0] * calls
+        self.unattributed = 0  # an API 401 outside any call: the counting above is wrong
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        api = request.url.path.startswith("/api/")
+        response = await (self._api if api else self._other).handle_async_request(request)
+        if api and response.status_code == 401:
+            index = _call_index.get()
+            if index is None:
+                self.unattributed += 1
+            else:
+                self.counts[index] += 1
+        return response
+
+    async def aclose(self) -> None:  # both clients close it: closing a closed pool is a no-op
+        await self._api.aclose()
+        await self._other.aclose()
+
+
 async def _refresh_worker(config: dict[str, Any], barrier: Any) -> dict[str, Any]:
     from amobridge.amo.ratelimit import InMemoryRateLimiter
     from amobridge.services import Services
@@ -142,7 +188,8 @@ async def _refresh_worker(config: dict[str, Any], barrier: Any) -> dict[str, Any
         client_id=config["client_id"],
         client_secret=config["client_secret"],
     )
-    services = Services.build(settings)
+    transport = _UnauthorizedPerCall(config["calls"])
+    services = Services.build(settings, amo_transport=transport)
     try:
         async with services.db.transaction() as session:
             connection = await services.connections(session).for_owner(config["owner"])
@@ -152,17 +199,23 @@ async def _refresh_worker(config: dict[str, Any], barrier: Any) -> dict[str, Any
         # off here and this proof is about the refresh, so every call may start at once.
         services.clients._limiters[connection.id] = InMemoryRateLimiter(rate=1_000_000)
         client = await services.clients.client(connection)
+
+        async def call(index: int) -> Any:
+            _call_index.set(index)  # this call's task only: gather runs each in its own task
+            return await client.account.get()
+
         await asyncio.to_thread(barrier.wait, 60.0)
         results = await asyncio.gather(
-            *(client.account.get() for _ in range(config["calls"])), return_exceptions=True
+            *(call(i) for i in range(config["calls"])), return_exceptions=True
         )
     finally:
         await services.stop()
+    assert transport.unattributed == 0, f"{transport.unattributed} API 401s outside any call"
     ok = sum(
         1 for r in results if not isinstance(r, BaseException) and r.id == config["account_id"]
     )
     errors = sorted({f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)})
-    return {"ok": ok, "errors": errors}
+    return {"ok": ok, "errors": errors, "unauthorized": transport.counts}
 
 
 # --- full flows and what the sandbox issued (for the secret scans) -------------------------------
