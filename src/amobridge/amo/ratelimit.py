@@ -176,26 +176,62 @@ class PaceWindow:
             del self._ends[:extra]
 
 
-async def sleep_or_change(
-    sleep: Callable[[float], Awaitable[None]], seconds: float, changed: asyncio.Event
-) -> None:
-    """Sleep ``seconds`` (through the injected ``sleep``) or until ``changed`` is set, whichever
-    comes first. The event is cleared here: only a change after this call wakes it."""
-    changed.clear()
-    sleeper = asyncio.ensure_future(sleep(seconds))
-    watcher = asyncio.ensure_future(changed.wait())
-    try:
-        await asyncio.wait((sleeper, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        sleeper.cancel()
-        watcher.cancel()
+class Wakeup:
+    """An event for waiters that also sleep: :meth:`wait` returns after ``seconds`` or as soon
+    as :meth:`set` is called (or was, since the last :meth:`clear`).
+
+    With the real ``asyncio.sleep`` it costs one future and one timer (a task per wait would put
+    two more scheduling hops between a freed slot and its grant); an injected ``sleep`` (a fake
+    clock) runs as a task beside it."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def set(self) -> None:
+        self._set = True
+        for waiter in self._waiters:
+            _resolve(waiter)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(
+        self, seconds: float, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    ) -> None:
+        if self._set:
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.add(waiter)
+        try:
+            if sleep is asyncio.sleep:
+                timer = loop.call_later(max(0.0, seconds), _resolve, waiter)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+            else:
+                sleeper = asyncio.ensure_future(sleep(seconds))
+                sleeper.add_done_callback(lambda _: _resolve(waiter))
+                try:
+                    await waiter
+                finally:
+                    sleeper.cancel()
+        finally:
+            self._waiters.discard(waiter)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 @dataclass
 class _KeyState:
     window: PaceWindow
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    released: asyncio.Event = field(default_factory=asyncio.Event)
+    released: Wakeup = field(default_factory=Wakeup)
 
 
 class InMemoryRateLimiter:
@@ -248,7 +284,8 @@ class InMemoryRateLimiter:
                     return
                 if state.window.busy:
                     # A release frees a slot sooner than its timeout: wake up and recompute.
-                    await sleep_or_change(self._sleep, at - now, state.released)
+                    state.released.clear()
+                    await state.released.wait(at - now, self._sleep)
                 else:
                     await self._sleep(at - now)
 

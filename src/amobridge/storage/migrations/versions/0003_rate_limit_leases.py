@@ -31,10 +31,13 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("wanted_until", sa.Float(), nullable=False, server_default=sa.text("0"))
         )
+        # Each keeper tick asks which of *its* leases another process waits for.
+        batch.create_index("ix_rate_limits_lease_holder", ["lease_holder"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("rate_limits") as batch:
+        batch.drop_index("ix_rate_limits_lease_holder")
         batch.drop_column("wanted_until")
         batch.drop_column("lease_until")
         batch.drop_column("lease_holder")
