@@ -254,6 +254,9 @@ class ConnectionClients:
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+        close = getattr(self._shared_limiter, "close", None)
+        if close is not None:  # the database limiter hands its pace leases to other processes
+            await close()
         if self._http is not None:
             await self._http.aclose()
             self._http = None
