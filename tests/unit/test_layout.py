@@ -101,3 +101,57 @@ def test_feature_packages_keep_their_file_roles() -> None:
             continue
         present = {p.stem for p in folder.glob("*.py")}
         assert {"router", "service", "repository", "schemas", "tasks"} <= present, feature
+
+
+SQL_BUILDERS = {"select", "update", "delete", "insert", "text"}
+SQL_CALLS = {"execute", "scalar", "scalars", "get"}
+SQL_HOMES = ("storage",)  # the database handle, migrations and key rotation work on tables
+
+
+def _is_repository(node: ast.ClassDef) -> bool:
+    for base in node.bases:
+        name = ast.unparse(base)
+        if "Repository" in name:
+            return True
+    return False
+
+
+def _sql_outside_repositories(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    builders = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sqlalchemy")
+        for alias in node.names
+        if alias.name in SQL_BUILDERS
+    }
+    found: list[str] = []
+
+    def visit(node: ast.AST, in_repository: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inside = in_repository or (isinstance(child, ast.ClassDef) and _is_repository(child))
+            if isinstance(child, ast.Call) and not inside:
+                func = child.func
+                if isinstance(func, ast.Name) and func.id in builders:
+                    found.append(f"{path.name}:{child.lineno} {func.id}(…)")
+                elif (
+                    isinstance(func, ast.Attribute)
+                    and func.attr in SQL_CALLS
+                    and ast.unparse(func.value).split(".")[-1] == "session"
+                ):
+                    found.append(f"{path.name}:{child.lineno} {ast.unparse(func)}(…)")
+            visit(child, inside)
+
+    visit(tree, False)
+    return found
+
+
+def test_sql_lives_in_repositories() -> None:
+    """Services, routers and tasks build no SQL and talk to sessions only through repositories."""
+    bad = [
+        f"{path.relative_to(SRC.parent)}: {hit}"
+        for path in sorted(SRC.rglob("*.py"))
+        if path.relative_to(SRC).parts[0] not in SQL_HOMES
+        for hit in _sql_outside_repositories(path)
+    ]
+    assert bad == []
