@@ -134,6 +134,12 @@ class DatabaseRateLimiter:
         """This limiter's name in ``rate_limits.lease_holder``."""
         return self._store.holder
 
+    def lease_deadline(self, key: str) -> float | None:
+        """Until when (on ``clock``) this process may grant requests for ``key``; None when it
+        holds no lease of it."""
+        state = self._keys.get(key)
+        return None if state is None else state.deadline
+
     def _new_store(self) -> LeaseStore:
         holder = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         window = self.per + self.margin
