@@ -79,6 +79,16 @@ class _Key:
     def wants_lease(self) -> bool:
         return self.deadline is None and self.waiting > 0
 
+    def forgettable(self, now: float) -> bool:
+        window = self.window
+        return (
+            self.deadline is None
+            and not self.waiting
+            and not window.busy
+            and window.paused_until <= now
+            and not window.ends(now)
+        )
+
 
 class DatabaseRateLimiter:
     """Paces every key across all processes sharing ``db``; ``rate`` per ``per`` seconds with the
@@ -220,11 +230,13 @@ class DatabaseRateLimiter:
                 self._closing = False
         # In flight: its lease expires and the next holder waits one window.
         idle = [k for k, s in self._keys.items() if s.deadline is not None and not s.window.busy]
-        if idle:
-            try:
+        try:
+            if idle:
                 await self._hand_back(idle)
-            except Exception as exc:
-                log.warning("rate limiter: could not hand leases back (%s)", type(exc).__name__)
+        except Exception as exc:
+            log.warning("rate limiter: could not hand leases back (%s)", type(exc).__name__)
+        finally:
+            await self._store.disconnect()
 
     # --- the keeper ---------------------------------------------------------------------------------
 
@@ -243,6 +255,13 @@ class DatabaseRateLimiter:
         self._keeper = loop.create_task(self._keep(), name="rate-limit keeper")
 
     async def _keep(self) -> None:
+        try:
+            await self._keep_leases()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._store.disconnect())
+
+    async def _keep_leases(self) -> None:
         failures = 0
         while True:
             if self._closing or not any(
@@ -280,6 +299,7 @@ class DatabaseRateLimiter:
         return max(delay, 0.0)
 
     async def _tick(self) -> None:
+        self._forget_idle()
         held = any(s.deadline is not None for s in self._keys.values())
         contended = await self._store.contended() if held else set()
         await self._tend_held(contended)
@@ -311,6 +331,13 @@ class DatabaseRateLimiter:
             await self._store.want(mark)
             for key in mark:
                 self._keys[key].marked_at = now
+
+    def _forget_idle(self) -> None:
+        """Drop the state of keys with nothing held, queued, in flight or still counted, so
+        each tick looks at the keys in use, not at every key this process ever paced."""
+        now = self._clock()
+        for key in [k for k, s in self._keys.items() if s.forgettable(now)]:
+            del self._keys[key]
 
     async def _tend_held(self, contended: set[str]) -> None:
         now = self._clock()

@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from amobridge.storage.db import Database
 from amobridge.storage.repository import Repository
@@ -263,21 +263,42 @@ class LeaseStore:
         self._clock = clock
         self._wall = wall
         self.clock_map = ClockMap()
+        self._conn: AsyncConnection | None = None
 
     @asynccontextmanager
-    async def _unit(self, *, write: bool = True) -> AsyncIterator[RateLimitRepository]:
-        """One statement's unit of work. PostgreSQL: a session on an autocommit connection,
-        one round trip per statement (no BEGIN/COMMIT around it). SQLite: a write takes the
-        write lock up front (``BEGIN IMMEDIATE``), a read does not."""
+    async def _unit(
+        self, *, write: bool = True, keeper: bool = True
+    ) -> AsyncIterator[RateLimitRepository]:
+        """One statement's unit of work. PostgreSQL: in autocommit, one round trip per statement
+        (no BEGIN/COMMIT around it), on the keeper's own connection (no pool checkout, no ping)
+        or, for a caller's statement (``keeper=False``), on a pooled one. SQLite: a write takes
+        the write lock up front (``BEGIN IMMEDIATE``), a read does not."""
         if self._db.is_sqlite:
             unit = self._db.transaction() if write else self._db.read()
             async with unit as session:
                 yield self._repository(session)
             return
-        async with self._db.engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            async with AsyncSession(bind=conn) as session:
+        if not keeper:
+            async with self._db.engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                async with AsyncSession(bind=conn) as session:
+                    yield self._repository(session)
+            return
+        if self._conn is None:
+            conn = await self._db.engine.connect()
+            self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            async with AsyncSession(bind=self._conn) as session:
                 yield self._repository(session)
+        except BaseException:
+            await self.disconnect()  # a broken connection is replaced at the next statement
+            raise
+
+    async def disconnect(self) -> None:
+        """Give the keeper's connection back to the pool (it idles, or the limiter closes)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
 
     def _repository(self, session: AsyncSession) -> RateLimitRepository:
         return RateLimitRepository(
@@ -366,7 +387,7 @@ class LeaseStore:
     async def pause(self, key: str, seconds: float) -> None:
         """Every holder of ``key`` admits nothing for ``seconds`` from now (database time)."""
         now, _ = self._now()
-        async with self._unit() as rows:
+        async with self._unit(keeper=False) as rows:
             await rows.pause(key, seconds, now)
 
 
