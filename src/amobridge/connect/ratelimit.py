@@ -1,30 +1,31 @@
 """The SDK's ``RateLimitBackend`` shared by every process through the database (invariant 4).
 
-**A pace lease per key.** One process at a time paces a key: it holds the key's lease (a
-conditional UPDATE of its ``rate_limits`` row, expiry on the database's clock) and applies the
-rule of :class:`~amobridge.amo.ratelimit.PaceWindow` in memory, so an amoCRM call costs no
-database round trip. A background *keeper* task per limiter does all the SQL
-(``ratelimit_leases.py``), never on a caller's path:
+**A pace lease per key.** One process at a time paces a key: it holds the key's lease (its
+``rate_limits`` row names the holder and an expiry on the database's clock) and applies the rule of
+:class:`~amobridge.amo.ratelimit.PaceWindow` in memory, so an amoCRM call costs no database round
+trip. A background *keeper* task per limiter does all the SQL (``ratelimit_leases.py``), a few
+batched statements per tick whatever the number of keys, never on a caller's path:
 
-- a key with local demand and no lease: take it when it is free, or mark the row "wanted" and
+- a key with local demand and no lease: take it when it is free, else mark the row "wanted" and
   poll (every ``poll_interval``) until the holder hands it on;
-- a held key: renew about every ``lease_seconds * 2/3`` while it has local demand (requests waiting
-  or in flight, or a grant since the last renewal) — one write per busy key every ~2 s — and hand
+- a held key: renew it (every ``lease_seconds * 2/3``, one statement for all keys due) while it
+  has local demand — requests waiting or in flight, or a grant since the last renewal — and hand
   it back when it has none, writing the end times of its latest slots so the next holder continues
   the window (no burst at a handoff);
-- when another process wants a held key, the holder hands it on as soon as its own queue is empty,
-  or after one lease term at most: it stops granting, lets its requests in flight finish, hands
-  back. Processes sharing a busy key take turns.
+- when another process wants a held key, the holder hands it on as soon as nothing is queued or in
+  flight here, or after one lease term at most: it stops granting, lets its requests in flight
+  finish, hands back. Processes sharing a busy key take turns.
 
 **Stalls.** A holder grants only until a local monotonic deadline, ``lease_seconds * 5/6`` after it
 *sent* the statement that took or renewed the lease, while the database expires it
 ``lease_seconds`` after the statement *ran*: a holder whose renewals stall (database slow or
-unreachable, process paused) stops granting before anyone else may take over. A taker of an
-expired lease (never handed back, so its last slots are unknown) waits one full window first.
+unreachable, process paused) stops granting before anyone else may take over. Taking an expired
+lease (never handed back, so its last slots are unknown) pauses the key for one full window.
 
 Why the database and not Redis: the database is already required and shared by every replica and
-worker; with the lease the load is a few writes per busy key and process every few seconds, well
-within SQLite (WAL) and PostgreSQL (``docs/rate-limits.md`` has the measurements).
+worker, and with the lease the limiter's load on it is a renewal per process every ~2 s and a
+contention check per poll interval, whatever the request rate (``docs/rate-limits.md`` has the
+measurements).
 """
 
 from __future__ import annotations
