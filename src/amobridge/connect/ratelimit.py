@@ -211,7 +211,10 @@ class DatabaseRateLimiter:
         if seconds <= 0:
             return
         self._state(key).window.pause(self._clock() + seconds)
-        await self._store.pause(key, seconds)  # and the next holder, in whatever process
+        try:
+            await self._store.pause(key, seconds)  # and the next holder, in whatever process
+        except Exception as exc:  # this process holds the pause already; the 429's retry goes on
+            log.warning("rate limiter: could not share a pause of %s (%s)", key, type(exc).__name__)
 
     async def close(self) -> None:
         """Stop the keeper and hand back every lease with nothing in flight."""
