@@ -131,8 +131,10 @@ class PostgresTemplate:
     """A migrated template database on ``server``, and copies of it.
 
     ``CREATE DATABASE … TEMPLATE`` still writes the whole catalog (~0.1 s), so the next test's
-    copy is made on a worker thread while the current test runs, and a used copy is dropped
-    there too; a failure there surfaces at the next copy or at :meth:`drop`."""
+    copy is made on a worker thread while the current test runs. A used copy is dropped on a
+    second one: ``DROP DATABASE … WITH (FORCE)`` waits for the test's server processes to exit
+    (up to a second on a busy server), and the next copy must not queue behind that. A failure
+    on either thread surfaces at the next copy or at :meth:`drop`."""
 
     def __init__(self, server: PostgresServer) -> None:
         self.server = server
@@ -146,7 +148,8 @@ class PostgresTemplate:
         except BaseException:
             server.drop(self.name)
             raise
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postgres-copies")
+        self._creator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postgres-copy")
+        self._dropper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postgres-drop")
         self._next: Future[str] | None = None
         self._drops: list[Future[None]] = []
 
@@ -167,23 +170,20 @@ class PostgresTemplate:
         self._check_drops()
         pending, self._next = self._next, None
         name = pending.result() if pending is not None else self._new_copy()
-        self._next = self._worker.submit(self._new_copy)
+        self._next = self._creator.submit(self._new_copy)
         try:
             yield self.server.url_of(name)
         finally:
-            self._drops.append(self._worker.submit(self.server.drop, name))
+            self._drops.append(self._dropper.submit(self.server.drop, name))
 
     def drop(self) -> None:
         """Drop the unused prefetched copy, wait for the pending drops, drop the template."""
-        pending, self._next = self._next, None
-        if pending is not None:
-
-            def drop_unused() -> None:
-                self.server.drop(pending.result())  # done already: the worker runs in order
-
-            self._drops.append(self._worker.submit(drop_unused))
-        self._worker.shutdown(wait=True)
         try:
+            self._creator.shutdown(wait=True)  # the prefetched copy, if any, is made by now
+            pending, self._next = self._next, None
+            if pending is not None and pending.exception() is None:
+                self._drops.append(self._dropper.submit(self.server.drop, pending.result()))
+            self._dropper.shutdown(wait=True)
             for future in self._drops:
                 future.result()
         finally:

@@ -120,7 +120,8 @@ async def stack(
     services = Services.build(settings, amo_transport=httpx.ASGITransport(app=sandbox_app))
     app = create_app(settings, services=services)
     back.app = app
-    await services.start()
+    # database_url is a migrated copy of the session's template: no upgrade to run again.
+    await services.start(migrate=False)
     async with services.db.transaction() as session:
         admin_key = await services.auth.create_api_key(session, name="admin", role="admin")
         app_key = await services.auth.create_api_key(session, name="host-app", role="app")
