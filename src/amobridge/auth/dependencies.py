@@ -11,7 +11,8 @@ from amobridge.auth.service import AuthService
 from amobridge.errors import ServiceError
 
 
-def auth_service(request: Request) -> AuthService:
+async def auth_service(request: Request) -> AuthService:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a hop per request.
     found: AuthService = request.app.state.services.auth
     return found
 

@@ -2,14 +2,16 @@
 
 - API keys (``amb_<prefix>_<secret>``) are stored as SHA-256 hashes. A key that checked out is
   remembered for ``cache_seconds`` (5 s), so a busy host app costs no database read per request;
-  revoking a key therefore takes effect within that time. ``last_used_at`` is written at most once
-  a minute per key, never on every request.
+  revoking a key therefore takes effect within that time. Requests that find a key unchecked at
+  the same moment share one read. ``last_used_at`` is written at most once a minute per key,
+  never on every request.
 - End-user JWTs: the owner is the ``sub`` claim and cannot be overridden by a parameter — a user
   can never reach another owner's connection (invariant 6).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
@@ -67,6 +69,7 @@ class AuthService:
         self._touch_every = touch_every
         self._clock = clock
         self._known: OrderedDict[str, _Known] = OrderedDict()
+        self._lookups: dict[str, asyncio.Future[_Known | None]] = {}
         self._touched: dict[str, float] = {}
 
     # --- keys (the caller's unit of work commits) -------------------------------------------------
@@ -109,29 +112,46 @@ class AuthService:
         now = self._clock()
         known = self._known.get(digest)
         if known is None or now - known.checked_at >= self._cache_seconds:
-            async with self._db.read() as session:
-                row = await ApiKeyRepository(session).by_hash(digest)
-                found = (
-                    None
-                    if row is None or row.revoked_at is not None
-                    else (row.id, row.name, row.role)
-                )
+            flight = self._lookups.get(digest)
+            if flight is None:
+                flight = asyncio.ensure_future(self._look_up(digest, now))
+                self._lookups[digest] = flight
+                flight.add_done_callback(lambda done: self._landed(digest, done))
+            # One read for every request that finds the key unknown or its check expired at the
+            # same moment; shielded, so a caller that goes away does not cancel the others' read.
+            found = await asyncio.shield(flight)
             if found is None:
-                self._known.pop(digest, None)
                 return None
-            key_id, name, role = found
-            known = _Known(
-                Principal(role="admin" if role == "admin" else "app", name=name), key_id, now
-            )
-            self._known[digest] = known
-            self._known.move_to_end(digest)
-            while len(self._known) > CACHE_SIZE:
-                self._known.popitem(last=False)
+            known = found
         if now - self._touched.get(known.key_id, float("-inf")) >= self._touch_every:
             self._touched[known.key_id] = now
             async with self._db.transaction() as session:
                 await ApiKeyRepository(session).mark_used(known.key_id, datetime.now(UTC))
         return known.principal
+
+    def _landed(self, digest: str, done: asyncio.Future[_Known | None]) -> None:
+        self._lookups.pop(digest, None)
+        if not done.cancelled():
+            done.exception()  # seen here: the callers still waiting get it; nobody else must
+
+    async def _look_up(self, digest: str, now: float) -> _Known | None:
+        async with self._db.read() as session:
+            row = await ApiKeyRepository(session).by_hash(digest)
+            found = (
+                None if row is None or row.revoked_at is not None else (row.id, row.name, row.role)
+            )
+        if found is None:
+            self._known.pop(digest, None)
+            return None
+        key_id, name, role = found
+        known = _Known(
+            Principal(role="admin" if role == "admin" else "app", name=name), key_id, now
+        )
+        self._known[digest] = known
+        self._known.move_to_end(digest)
+        while len(self._known) > CACHE_SIZE:
+            self._known.popitem(last=False)
+        return known
 
     def principal_from_jwt(self, token: str) -> Principal:
         settings = self.settings

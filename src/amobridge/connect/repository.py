@@ -51,6 +51,21 @@ class Pulse:
     integration_id: str | None
 
 
+@dataclass(frozen=True)
+class StatusRow:
+    """What ``GET /amocrm/status`` shows of a connection: no token, not even its ciphertext."""
+
+    id: str
+    status: str
+    host: str
+    account_id: int | None
+    has_tokens: bool
+    long_lived: bool
+    expires_at: datetime | None
+    last_refresh_at: datetime | None
+    last_error: str | None
+
+
 class SaveRefused(StrEnum):
     gone = "the connection no longer exists"
     disconnected = "the connection was disconnected"
@@ -116,6 +131,38 @@ class ConnectionRepository(Repository[Connection]):
     # --- owner-scoped ------------------------------------------------------------------------
     async def for_owner(self, owner: str) -> Connection | None:
         return await self.session.scalar(select(Connection).where(Connection.owner == owner))
+
+    async def status_of(self, owner: str) -> StatusRow | None:
+        """The status columns only: a status read loads no row object and no ciphertext."""
+        row = (
+            await self.session.execute(
+                select(
+                    Connection.id,
+                    Connection.status,
+                    Connection.host,
+                    Connection.account_id,
+                    Connection.access_token_enc.is_not(None),
+                    Connection.long_lived,
+                    Connection.expires_at,
+                    Connection.last_refresh_at,
+                    Connection.last_error,
+                ).where(Connection.owner == owner)
+            )
+        ).first()
+        if row is None:
+            return None
+        id_, status, host, account_id, has_tokens, long_lived, expires, refreshed, error = row
+        return StatusRow(
+            id_,
+            status,
+            host,
+            account_id,
+            bool(has_tokens),
+            bool(long_lived),
+            expires,
+            refreshed,
+            error,
+        )
 
     async def connect(
         self,

@@ -16,7 +16,7 @@ from amobridge.connect.callback import CallbackService
 from amobridge.connect.problems import PROBLEMS, CallbackOutcome
 from amobridge.connect.schemas import ExchangeCodeBody, ImportTokensBody
 from amobridge.connect.service import ConnectService
-from amobridge.dependencies import ReadSession, WriteSession
+from amobridge.dependencies import WriteSession
 from amobridge.errors import Forbidden, ServiceError
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -183,11 +183,14 @@ async def import_tokens(
 @router.get("/amocrm/status", summary="Connection status (never a token)")
 async def status(
     svc: Service,
-    session: ReadSession,
     principal: CurrentPrincipal,
     owner: str | None = None,
 ) -> dict[str, Any]:
-    return await svc.status(session, principal.owner_for(owner))
+    """A change made through another amobridge process shows within
+    ``AMOBRIDGE_AMO__CONNECTION_CHECK_MS``; one made through this process, at once."""
+    # No ReadSession: a polling host app is answered from the status cache, and the read unit
+    # is opened only when the cached answer is too old or this process has written since.
+    return await svc.current_status(principal.owner_for(owner))
 
 
 @router.api_route("/amocrm/disconnect", methods=["DELETE", "POST"], summary="Disconnect")

@@ -39,6 +39,7 @@ from amobridge.amo.errors import AmoInvalidDomain
 from amobridge.audit import AuditRepository
 from amobridge.connect.clients import ConnectionClients
 from amobridge.connect.repository import ConnectionRepository, IntegrationRepository, Tokens
+from amobridge.connect.status_cache import StatusCache
 from amobridge.connect.stores import ButtonSecretStore, ReturnTo, StateStore
 from amobridge.errors import NotFound, ServiceError, Unauthorized
 from amobridge.settings import Settings
@@ -68,6 +69,7 @@ class ConnectService:
         states: StateStore,
         button_secrets: ButtonSecretStore,
         clients: ConnectionClients,
+        statuses: StatusCache | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -75,6 +77,7 @@ class ConnectService:
         self.states = states
         self.button_secrets = button_secrets
         self.clients = clients
+        self.statuses = statuses or StatusCache(settings.amo.connection_check_ms / 1000)
 
     def connections(self, session: AsyncSession) -> ConnectionRepository:
         return ConnectionRepository(session, self.keyring)
@@ -296,8 +299,19 @@ class ConnectService:
         )
 
     # --- status, disconnect, uninstall -----------------------------------------------------------
+    async def current_status(self, owner: str) -> dict[str, Any]:
+        """:meth:`status` for ``GET /amocrm/status``, answered from :attr:`statuses` while this
+        process has written nothing since and the answer is younger than
+        ``connection_check_ms`` (see :mod:`amobridge.connect.status_cache`)."""
+
+        async def read() -> dict[str, Any]:
+            async with self.db.read() as session:
+                return await self.status(session, owner)
+
+        return await self.statuses.fetch(owner, self.db.write_generation, read)
+
     async def status(self, session: AsyncSession, owner: str) -> dict[str, Any]:
-        row = await self.connections(session).for_owner(owner)
+        row = await self.connections(session).status_of(owner)
         if row is None:
             return {
                 "connected": False,
@@ -309,10 +323,9 @@ class ConnectService:
                 "lastError": None,
                 "status": "not_connected",
             }
-        has_tokens = row.access_token_enc is not None
         return {
-            "connected": row.status == "active" and has_tokens,
-            "hasTokens": has_tokens,
+            "connected": row.status == "active" and row.has_tokens,
+            "hasTokens": row.has_tokens,
             "domain": row.host,
             "accountId": row.account_id,
             "expiresAt": _iso(row.expires_at),

@@ -8,9 +8,16 @@ Two kinds of unit of work:
   "database is locked" at the upgrade, or worse, let both read the same refresh token).
 - :meth:`Database.read` — reads only, with a deferred ``BEGIN`` on SQLite: readers never queue
   behind the write lock (WAL lets them read while one connection writes), so an authenticated
-  status read does not wait for a refresh or a webhook write.
+  status read does not wait for a refresh or a webhook write. On PostgreSQL a read runs on an
+  autocommit connection of its own pool: under READ COMMITTED every statement takes its own
+  snapshot inside a transaction too, so ``BEGIN`` and ``ROLLBACK`` around a read bought nothing
+  but two round trips.
 PostgreSQL uses row locks (``SELECT … FOR UPDATE``) and ``SKIP LOCKED`` where repositories ask
-for them; both kinds are plain transactions there.
+for them in write units.
+
+:attr:`Database.write_generation` counts the write units this process has finished, so a cache of
+database state (the status answers of ``GET /amocrm/status``) can tell whether this process wrote
+anything since it read.
 """
 
 from __future__ import annotations
@@ -60,12 +67,15 @@ class Database:
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
-        self.read_engine: AsyncEngine = self.engine
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine, begin="BEGIN IMMEDIATE")
             # A second pool whose transactions begin deferred: reads never take the write lock.
             self.read_engine = create_async_engine(self.url, **kwargs)
             _configure_sqlite(self.read_engine, begin="BEGIN")
+        else:
+            # Reads never lock rows, so they need no transaction: one round trip per statement.
+            self.read_engine = create_async_engine(self.url, isolation_level="AUTOCOMMIT", **kwargs)
+        self._write_generation = 0
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
@@ -76,8 +86,19 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """One unit of work: committed when the block ends, rolled back if it raises."""
-        async with self._sessions() as session, session.begin():
-            yield session
+        try:
+            async with self._sessions() as session, session.begin():
+                yield session
+        finally:
+            # Counted once the unit is over, committed or not (a rolled-back one costs a cache
+            # at most one needless read): whatever was read before this may predate the write.
+            self._write_generation += 1
+
+    @property
+    def write_generation(self) -> int:
+        """How many write units this process has finished. A value read before a read unit
+        that is still the same afterwards means no write of this process ended in between."""
+        return self._write_generation
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -93,8 +114,7 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-        if self.read_engine is not self.engine:
-            await self.read_engine.dispose()
+        await self.read_engine.dispose()
 
 
 def _configure_sqlite(engine: AsyncEngine, *, begin: str) -> None:

@@ -1,0 +1,439 @@
+"""Service read path: an authenticated ``GET /amocrm/status`` at ≥ 0.3 × ``/healthz`` requests/s.
+
+Starts ``amobridge serve`` as an operator runs it (one uvicorn worker, background workers off,
+settings from the environment, a clean working directory so no ``.env`` leaks in) once per
+database — SQLite in a temp file, and PostgreSQL in a temporary database on 127.0.0.1:5432 that
+the benchmark creates and drops — then:
+
+1. makes an ``app`` API key with ``amobridge api-keys create`` (the way an operator does);
+2. imports a long-lived token for one owner with ``POST /amocrm/tokens`` and the admin key;
+3. loads, with ``wrk`` (one thread, 16 keep-alive connections, ``--latency``), alternately
+   ``GET /healthz`` — the baseline: what this machine gives any route of the app right now — and
+   ``GET /amocrm/status?owner=…`` with ``Authorization: Bearer <app key>`` — the full read path:
+   API-key check (cached), the status (answered from the status cache, read from the database
+   when it is ``connection_check_ms`` old), JSON.
+
+A Lua script carries the key, so it never appears on a command line. Each route keeps its best
+round; the ratio of the two is the number that survives a noisy machine. Targets, per database:
+status/healthz ≥ 0.3, status p99 ≤ 50 ms, no error. Prints a table, writes
+``bench/results/service.json`` and returns 0 when every target is met.
+``--connection-check-ms 0`` reads every status from the database: the cost of the read unit.
+
+    python bench/service.py [--duration 4] [--rounds 2] [--connections 16]
+                            [--databases sqlite,postgres] [--connection-check-ms N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TARGET_RATIO = 0.3
+TARGET_P99_MS = 50.0
+RESULTS = Path(__file__).resolve().parent / "results" / "service.json"
+POSTGRES_SERVER = "postgresql://postgres@127.0.0.1:5432"
+OWNER = "bench-owner"
+START_DEADLINE = 60.0
+
+
+@dataclass
+class Measurement:
+    route: str
+    requests: int
+    seconds: float
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    rounds_rps: list[float] = field(default_factory=list)
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def public(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["rps"] = round(self.rps, 1)
+        return data
+
+
+@dataclass
+class DatabaseRun:
+    database: str
+    healthz: Measurement
+    status: Measurement
+
+    @property
+    def ratio(self) -> float:
+        return self.status.rps / self.healthz.rps if self.healthz.rps else 0.0
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.ratio >= TARGET_RATIO
+            and self.status.p99_ms <= TARGET_P99_MS
+            and self.healthz.errors == 0
+            and self.status.errors == 0
+        )
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "healthz": self.healthz.public(),
+            "status": self.status.public(),
+            "status_to_healthz": round(self.ratio, 3),
+            "passed": self.passed,
+        }
+
+
+# --- databases -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sqlite_database(workdir: Path) -> Iterator[str]:
+    yield f"sqlite:///{workdir / 'amobridge.db'}"
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A database of its own on the local server (trust auth), dropped afterwards."""
+    import psycopg
+
+    name = f"amobridge_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{POSTGRES_SERVER}/postgres", autocommit=True, connect_timeout=5) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{POSTGRES_SERVER}/{name}"
+    finally:
+        with psycopg.connect(f"{POSTGRES_SERVER}/postgres", autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_problem() -> str | None:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=2):
+            return None
+    except OSError as exc:
+        return f"127.0.0.1:5432 is not reachable ({exc.strerror or exc})"
+
+
+# --- the service -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def amobridge(*args: str) -> list[str]:
+    return [sys.executable, "-m", "amobridge", *args]
+
+
+def service_env(
+    database_url: str,
+    secret_key: str,
+    admin_key: str,
+    log_level: str,
+    connection_check_ms: int | None = None,
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("AMOBRIDGE_")}
+    env.update(
+        AMOBRIDGE_ENVIRONMENT="production",
+        AMOBRIDGE_LOG_LEVEL=log_level,
+        AMOBRIDGE_DATABASE__URL=database_url,
+        AMOBRIDGE_SECURITY__SECRET_KEYS=secret_key,
+        AMOBRIDGE_SECURITY__ADMIN_API_KEY=admin_key,
+        AMOBRIDGE_SERVER__RUN_WORKERS="false",
+    )
+    if connection_check_ms is not None:
+        env["AMOBRIDGE_AMO__CONNECTION_CHECK_MS"] = str(connection_check_ms)
+    return env
+
+
+@contextlib.contextmanager
+def running_service(env: dict[str, str], workdir: Path) -> Iterator[str]:
+    """``amobridge serve`` on a free port, ready once ``/healthz`` answers 200."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = workdir / "serve.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and program
+            amobridge("serve", "--host", "127.0.0.1", "--port", str(port)),
+            env=env,
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + START_DEADLINE
+        with httpx.Client(timeout=2.0) as http:
+            while True:
+                if process.poll() is not None:
+                    tail = log_path.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"amobridge serve exited with {process.returncode}:\n{tail}")
+                with contextlib.suppress(httpx.TransportError):
+                    if http.get(f"{base}/healthz").status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"amobridge serve did not answer within {START_DEADLINE} s")
+                time.sleep(0.05)  # polling while the port opens: no event to wait on
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def create_app_key(env: dict[str, str], workdir: Path) -> str:
+    done = subprocess.run(  # noqa: S603 - our own interpreter and program
+        amobridge("api-keys", "create", "--name", "bench", "--role", "app"),
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"amobridge api-keys create failed: {done.stderr.strip()[-500:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def connect_owner(base: str, admin_key: str, app_key: str) -> str:
+    """A long-lived connection for ``OWNER``; checks the status read answers it."""
+    with httpx.Client(base_url=base, timeout=10) as client:
+        made = client.post(
+            "/amocrm/tokens",
+            headers={"Authorization": f"Bearer {admin_key}"},
+            json={
+                "owner": OWNER,
+                "domain": "bench.amocrm.ru",
+                "access_token": "bench-long-lived-" + uuid.uuid4().hex,
+            },
+        )
+        if made.status_code != 201:
+            raise RuntimeError(f"POST /amocrm/tokens answered {made.status_code}")
+        path = f"/amocrm/status?owner={OWNER}"
+        check = client.get(path, headers={"Authorization": f"Bearer {app_key}"})
+        if check.status_code != 200 or check.json().get("connected") is not True:
+            raise RuntimeError(f"GET {path} answered {check.status_code}")
+        return path
+
+
+# --- load: wrk -------------------------------------------------------------------------------------
+
+_WRK_DONE = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH_JSON {\\"requests\\":%d,\\"duration_us\\":%d,\\"errors\\":%d,"
+    .. "\\"p50_us\\":%d,\\"p99_us\\":%d}\\n",
+    summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def _lua_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def wrk_load(
+    wrk: str, url: str, headers: dict[str, str], *, duration: float, connections: int
+) -> tuple[int, float, int, float, float]:
+    """(requests, seconds, errors, p50 ms, p99 ms) of one wrk run."""
+    lines = ['wrk.method = "GET"']
+    lines += [f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items()]
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "bench.lua"
+        script.touch(mode=0o600)  # it holds the API key
+        script.write_text("\n".join(lines) + "\n" + _WRK_DONE)
+        completed = subprocess.run(  # noqa: S603 - wrk from PATH, our arguments
+            [
+                wrk,
+                "-t1",
+                f"-c{connections}",
+                f"-d{duration:g}s",
+                "--latency",
+                "--timeout",
+                "5s",
+                "-s",
+                str(script),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    for line in completed.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            data = json.loads(line.removeprefix("BENCH_JSON "))
+            return (
+                int(data["requests"]),
+                data["duration_us"] / 1e6,
+                int(data["errors"]),
+                data["p50_us"] / 1000,
+                data["p99_us"] / 1000,
+            )
+    raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr.strip()[:500]}")
+
+
+# --- one database ------------------------------------------------------------------------------------
+
+
+def measure(database: str, args: argparse.Namespace, wrk: str) -> DatabaseRun:
+    from amobridge.auth.service import new_api_key
+    from amobridge.storage.crypto import generate_key
+
+    admin_key, _ = new_api_key()
+    with tempfile.TemporaryDirectory(prefix=f"amobridge-bench-{database}-") as tmp:
+        workdir = Path(tmp)
+        holder = sqlite_database(workdir) if database == "sqlite" else postgres_database()
+        with holder as url:
+            env = service_env(
+                url, generate_key(), admin_key, args.log_level, args.connection_check_ms
+            )
+            with running_service(env, workdir) as base:
+                app_key = create_app_key(env, workdir)
+                status_path = connect_owner(base, admin_key, app_key)
+                routes = {
+                    "healthz": ("/healthz", {}),
+                    "status": (status_path, {"Authorization": f"Bearer {app_key}"}),
+                }
+
+                def load(name: str, seconds: float) -> Measurement:
+                    path, headers = routes[name]
+                    got = wrk_load(
+                        wrk, base + path, headers, duration=seconds, connections=args.connections
+                    )
+                    return Measurement(name, *got)
+
+                for name in routes:  # warm-up: imports, pools, caches, the first requests
+                    load(name, args.warmup)
+                rounds: dict[str, list[Measurement]] = {name: [] for name in routes}
+                for _ in range(args.rounds):
+                    for name in routes:
+                        rounds[name].append(load(name, args.duration))
+    best: dict[str, Measurement] = {}
+    for name, runs in rounds.items():
+        chosen = max(runs, key=lambda m: m.rps)
+        chosen.rounds_rps = [round(m.rps, 1) for m in runs]
+        chosen.errors = sum(m.errors for m in runs)
+        best[name] = chosen
+    return DatabaseRun(database, best["healthz"], best["status"])
+
+
+# --- main --------------------------------------------------------------------------------------------
+
+
+def _check_ms(args: argparse.Namespace) -> str:
+    return "default" if args.connection_check_ms is None else str(args.connection_check_ms)
+
+
+def report(runs: list[DatabaseRun], skipped: dict[str, str], args: argparse.Namespace) -> None:
+    print(
+        f"service benchmark (wrk -t1 -c{args.connections}, best of {args.rounds} × "
+        f"{args.duration:g} s after {args.warmup:g} s warm-up; log level {args.log_level}; "
+        f"connection_check_ms {_check_ms(args)}; load average {os.getloadavg()[0]:.1f})"
+    )
+    header = (
+        f"{'database':<10}{'route':<18}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+        f"{'ratio':>8}  result"
+    )
+    print(header)
+    print("-" * len(header))
+    for run in runs:
+        for m in (run.healthz, run.status):
+            last = m is run.status
+            ratio = f"{run.ratio:.2f}" if last else ""
+            verdict = ("PASS" if run.passed else "FAIL") if last else ""
+            print(
+                f"{run.database:<10}{m.route:<18}{m.rps:>9,.0f}{m.p50_ms:>9.2f}{m.p99_ms:>9.2f}"
+                f"{m.errors:>8}{ratio:>8}  {verdict}"
+            )
+    for database, why in skipped.items():
+        print(f"{database:<10}not measured: {why}  FAIL")
+    print(f"targets: status/healthz ≥ {TARGET_RATIO}, status p99 ≤ {TARGET_P99_MS:g} ms, 0 errors")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--duration", type=float, default=4, help="seconds per route and round")
+    parser.add_argument("--warmup", type=float, default=1, help="seconds of warm-up per route")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per route")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--databases", default="sqlite,postgres", help="comma-separated")
+    parser.add_argument(
+        "--log-level", default="INFO", help="AMOBRIDGE_LOG_LEVEL of the service (INFO: default)"
+    )
+    parser.add_argument(
+        "--connection-check-ms",
+        type=int,
+        default=None,
+        help="AMOBRIDGE_AMO__CONNECTION_CHECK_MS of the service (default: its own, 500); "
+        "0 answers every status read from the database",
+    )
+    args = parser.parse_args(argv)
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("wrk is not installed (make system-deps): this benchmark needs it")
+        return 1
+    runs: list[DatabaseRun] = []
+    skipped: dict[str, str] = {}
+    for database in [d.strip() for d in args.databases.split(",") if d.strip()]:
+        if database not in ("sqlite", "postgres"):
+            parser.error(f"unknown database {database!r}: sqlite or postgres")
+        problem = postgres_problem() if database == "postgres" else None
+        if problem:
+            skipped[database] = problem
+            continue
+        runs.append(measure(database, args, wrk))
+    report(runs, skipped, args)
+    passed = bool(runs) and not skipped and all(run.passed for run in runs)
+    summary = {
+        "benchmark": "service",
+        "tool": "wrk",
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "rounds": args.rounds,
+        "log_level": args.log_level,
+        "connection_check_ms": args.connection_check_ms,
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "measured_at": int(time.time()),
+        "targets": {"status_to_healthz": TARGET_RATIO, "status_p99_ms": TARGET_P99_MS},
+        "results": [run.public() for run in runs],
+        "skipped": skipped,
+        "passed": passed,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"written: {RESULTS}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
