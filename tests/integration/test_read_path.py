@@ -1,7 +1,9 @@
 """The read path of an authenticated request, on SQLite and PostgreSQL:
 
 - a read unit (``Database.read()``) is not blocked by an open write transaction — on SQLite the
-  write holds ``BEGIN IMMEDIATE``'s lock, the read begins deferred and reads the WAL snapshot;
+  write holds ``BEGIN IMMEDIATE``'s lock, the read takes none and reads the last commit from the
+  WAL;
+- a read unit cannot write (its connections are read-only);
 - on PostgreSQL a read runs on an autocommit connection (no ``BEGIN``/``ROLLBACK`` round trips);
 - every write unit advances ``Database.write_generation``;
 - ``GET /amocrm/status`` shows a change made through this process at once and one made through
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 
 from amobridge.connect.status_cache import StatusCache
 from amobridge.storage.db import Database
@@ -53,6 +56,20 @@ async def test_a_read_is_not_blocked_by_an_open_write_transaction(db: Database) 
         seen = await asyncio.wait_for(key_names(db), READ_BOUND)
         assert seen == {"first"}  # the last committed state, not the open write
     assert await key_names(db) == {"first", "pending"}
+
+
+async def write_in_a_read_unit(db: Database) -> None:
+    async with db.read() as session:
+        session.add(api_key("sneaky"))
+        await session.flush()
+
+
+async def test_a_read_unit_cannot_write(db: Database) -> None:
+    """Its connections are read-only: a write fails instead of being quietly thrown away (or, in
+    autocommit, kept)."""
+    with pytest.raises(DBAPIError, match=r"(?i)read.?only"):
+        await write_in_a_read_unit(db)
+    assert await key_names(db) == set()
 
 
 @pytest.mark.postgres

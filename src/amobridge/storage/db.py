@@ -6,12 +6,16 @@ Two kinds of unit of work:
   timeout) it starts with ``BEGIN IMMEDIATE``: it takes the write lock up front, so two processes
   never both read a row and then race to update it (a plain ``BEGIN`` would fail one of them with
   "database is locked" at the upgrade, or worse, let both read the same refresh token).
-- :meth:`Database.read` — reads only, with a deferred ``BEGIN`` on SQLite: readers never queue
-  behind the write lock (WAL lets them read while one connection writes), so an authenticated
-  status read does not wait for a refresh or a webhook write. On PostgreSQL a read runs on an
-  autocommit connection of its own pool: under READ COMMITTED every statement takes its own
-  snapshot inside a transaction too, so ``BEGIN`` and ``ROLLBACK`` around a read bought nothing
-  but two round trips.
+- :meth:`Database.read` — reads only, on a pool of its own whose connections are read-only
+  (``PRAGMA query_only`` on SQLite, ``default_transaction_read_only`` on PostgreSQL: a write in a
+  read unit fails instead of being silently rolled back) and in autocommit mode: no ``BEGIN``, no
+  ``ROLLBACK``, each statement reads the last committed state. On SQLite such a read never takes
+  or waits for the write lock (WAL lets it read while one connection writes), so an
+  authenticated status read does not wait for a refresh or a webhook write; PostgreSQL's READ
+  COMMITTED gave every statement a snapshot of its own inside a transaction too. What the
+  transaction cost was round trips: on SQLite every statement is a hop to aiosqlite's thread and
+  back (9 per status read with ``BEGIN`` and the rollbacks, 5 without), on PostgreSQL two more
+  round trips to the server.
 PostgreSQL uses row locks (``SELECT … FOR UPDATE``) and ``SKIP LOCKED`` where repositories ask
 for them in write units.
 
@@ -67,14 +71,25 @@ class Database:
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        # Reads keep a fixed set of connections open and queue for one when all are busy. With
+        # overflow, a connection that came back to a full pool was closed and the next burst
+        # opened another — a thread and its PRAGMAs on SQLite, a server process on PostgreSQL —
+        # over and over under 16 concurrent reads.
+        read_kwargs = {**kwargs, "pool_size": 2 * pool_size, "max_overflow": 0}
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine, begin="BEGIN IMMEDIATE")
-            # A second pool whose transactions begin deferred: reads never take the write lock.
-            self.read_engine = create_async_engine(self.url, **kwargs)
-            _configure_sqlite(self.read_engine, begin="BEGIN")
+            # No transaction is ever open on a read connection, so none needs a reset either.
+            self.read_engine = create_async_engine(
+                self.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **read_kwargs
+            )
+            _configure_sqlite(self.read_engine, begin=None, query_only=True)
         else:
-            # Reads never lock rows, so they need no transaction: one round trip per statement.
-            self.read_engine = create_async_engine(self.url, isolation_level="AUTOCOMMIT", **kwargs)
+            self.read_engine = create_async_engine(
+                self.url,
+                isolation_level="AUTOCOMMIT",
+                connect_args={"options": "-c default_transaction_read_only=on"},
+                **read_kwargs,
+            )
         self._write_generation = 0
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
@@ -102,8 +117,8 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        """A read-only unit of work (deferred ``BEGIN`` on SQLite); closing the session at the
-        end rolls the transaction back, so nothing written here would ever persist."""
+        """A read-only unit of work: autocommit reads on read-only connections (a write here
+        raises)."""
         async with self._read_sessions() as session:
             yield session
 
@@ -117,10 +132,11 @@ class Database:
         await self.read_engine.dispose()
 
 
-def _configure_sqlite(engine: AsyncEngine, *, begin: str) -> None:
+def _configure_sqlite(engine: AsyncEngine, *, begin: str | None, query_only: bool = False) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE instead of pysqlite's lazy BEGIN.
+        # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE instead of pysqlite's lazy BEGIN
+        # (and, without a ``begin``, leave every statement in autocommit).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
@@ -139,8 +155,14 @@ def _configure_sqlite(engine: AsyncEngine, *, begin: str) -> None:
                     raise
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        if query_only:  # last: switching to WAL above may write the database header
+            cursor.execute("PRAGMA query_only=ON")
         cursor.close()
+
+    if begin is None:
+        return
+    statement = begin
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin)
+        conn.exec_driver_sql(statement)
