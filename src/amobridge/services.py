@@ -183,6 +183,7 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.auth.aclose()
         await self.clients.aclose()
         await self.db.dispose()
         self.started = False

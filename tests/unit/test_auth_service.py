@@ -154,6 +154,7 @@ async def test_last_used_at_is_written_at_most_once_a_minute_per_key(
     two = await new_key(auth, database, "two")
     assert await last_used(database, "one") is None
     await auth.authenticate(f"Bearer {one}", None)
+    await auth.aclose()  # the write runs off the request's path: wait for it
     assert counted.writes == 1
     stamped = await last_used(database, "one")
     assert stamped is not None
@@ -161,16 +162,41 @@ async def test_last_used_at_is_written_at_most_once_a_minute_per_key(
     for step in range(1, 121):  # two requests a second for a minute, less a hair
         clock.now = touched + step * (TOUCH_EVERY_SECONDS - 0.01) / 120
         await auth.authenticate(f"Bearer {one}", None)
+    await auth.aclose()
     assert counted.writes == 1
     assert await last_used(database, "one") == stamped
     await auth.authenticate(f"Bearer {two}", None)  # another key keeps its own minute
+    await auth.aclose()
     assert counted.writes == 2
     clock.now = touched + TOUCH_EVERY_SECONDS
     await auth.authenticate(f"Bearer {one}", None)
+    await auth.aclose()
     assert counted.writes == 3
     later = await last_used(database, "one")
     assert later is not None
     assert later >= stamped
+
+
+async def test_a_failing_last_used_write_never_fails_the_request(
+    auth: AuthService, database: Database, counted: CountingDatabase, clock: Clock
+) -> None:
+    key = await new_key(auth, database)
+
+    @asynccontextmanager
+    async def broken() -> AsyncIterator[Any]:
+        raise OSError("database is locked")
+        yield  # pragma: no cover - never reached
+
+    counted.transaction = broken  # type: ignore[method-assign]
+    principal = await auth.authenticate(f"Bearer {key}", None)
+    assert principal.name == "host-app"
+    await auth.aclose()  # the failure was logged, not raised
+    assert await last_used(database, "host-app") is None
+    clock.now += 1  # and it is tried again on the next request, not a minute later
+    counted.transaction = database.transaction  # type: ignore[method-assign]
+    await auth.authenticate(f"Bearer {key}", None)
+    await auth.aclose()
+    assert await last_used(database, "host-app") is not None
 
 
 async def test_requests_that_find_a_key_unchecked_together_share_one_read(

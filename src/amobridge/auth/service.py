@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import secrets
 import time
 from collections import OrderedDict
@@ -30,6 +31,8 @@ from amobridge.errors import Unauthorized
 from amobridge.settings import SecuritySettings
 from amobridge.storage.db import Database
 from amobridge.storage.tables import ApiKey
+
+log = logging.getLogger("amobridge.auth")
 
 CACHE_SECONDS = 5.0
 TOUCH_EVERY_SECONDS = 60.0
@@ -71,6 +74,7 @@ class AuthService:
         self._known: OrderedDict[str, _Known] = OrderedDict()
         self._lookups: dict[str, asyncio.Future[_Known | None]] = {}
         self._touched: dict[str, float] = {}
+        self._touching: set[asyncio.Task[None]] = set()
 
     # --- keys (the caller's unit of work commits) -------------------------------------------------
     async def create_api_key(self, session: AsyncSession, *, name: str, role: Role) -> str:
@@ -125,9 +129,25 @@ class AuthService:
             known = found
         if now - self._touched.get(known.key_id, float("-inf")) >= self._touch_every:
             self._touched[known.key_id] = now
-            async with self._db.transaction() as session:
-                await ApiKeyRepository(session).mark_used(known.key_id, datetime.now(UTC))
+            # Bookkeeping, off the request's path: a busy write lock or a failing write must
+            # neither slow nor fail the request it was noticed in.
+            task = asyncio.get_running_loop().create_task(self._mark_used(known.key_id))
+            self._touching.add(task)
+            task.add_done_callback(self._touching.discard)
         return known.principal
+
+    async def _mark_used(self, key_id: str) -> None:
+        try:
+            async with self._db.transaction() as session:
+                await ApiKeyRepository(session).mark_used(key_id, datetime.now(UTC))
+        except Exception as exc:  # logged and retried a minute later, never raised
+            log.warning("could not record the use of API key %s: %s", key_id, type(exc).__name__)
+            self._touched.pop(key_id, None)
+
+    async def aclose(self) -> None:
+        """Let pending ``last_used_at`` writes finish (before the database is closed)."""
+        if self._touching:
+            await asyncio.gather(*self._touching, return_exceptions=True)
 
     def _landed(self, digest: str, done: asyncio.Future[_Known | None]) -> None:
         self._lookups.pop(digest, None)
