@@ -49,6 +49,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from _support import write_result
+
 RATE = 7.0
 PER = 1.0
 MARGIN = 0.05
@@ -714,11 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return _worker_main(args.worker)
     result = run(args)
-    print(_table(result))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS}")
-    return 0 if result["passed"] else 1
+    return write_result(RESULTS, result, _table(result))
 
 
 if __name__ == "__main__":

@@ -25,11 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from _support import free_port, running_process, write_result
 from amobridge.amo import (
     AmoClient,
     InMemoryRateLimiter,
@@ -57,16 +55,10 @@ KEY = "bench-storm"
 # --- the sandbox process -------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def sandbox_process() -> Iterator[str]:
     """``amobridge sandbox`` on a free port with its rate limit off; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("AMOBRIDGE_")}
     env.update(
         AMOBRIDGE_ENVIRONMENT="test",
@@ -84,36 +76,18 @@ def sandbox_process() -> Iterator[str]:
         "--port",
         str(port),
     ]
-    with tempfile.TemporaryDirectory(prefix="refresh-storm-") as workdir:
-        log_path = Path(workdir) / "sandbox.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(  # noqa: S603 - our own interpreter and program
-                argv,
-                env=env,
-                cwd=workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                if process.poll() is not None:
-                    tail = log_path.read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"the sandbox exited with {process.returncode}:\n{tail}")
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{base}/_sandbox/health", timeout=1).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the sandbox did not answer within 30 s")
-                time.sleep(0.05)  # waiting for a subprocess to listen: no event to wait on
-            yield base
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with (
+        tempfile.TemporaryDirectory(prefix="refresh-storm-") as workdir,
+        running_process(
+            argv,
+            health_url=f"{base}/_sandbox/health",
+            name="the sandbox",
+            env=env,
+            cwd=workdir,
+            log_path=Path(workdir) / "sandbox.log",
+        ),
+    ):
+        yield base
 
 
 # --- set-up and counting, through the control API ------------------------------------------------
@@ -266,11 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     result = asyncio.run(run(args.calls, args.rounds))
-    print(_table(result))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS}")
-    return 0 if result["passed"] else 1
+    return write_result(RESULTS, result, _table(result))
 
 
 if __name__ == "__main__":

@@ -21,15 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -37,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from _support import free_port, running_process, write_result, wrk_load
 
 TARGET_RPS = 1500.0
 RESULTS = Path(__file__).resolve().parent / "results" / "sandbox.json"
@@ -94,41 +92,13 @@ def serve(port: int) -> None:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_sandbox() -> Iterator[str]:
     port = free_port()
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter and script
-        [sys.executable, __file__, "--serve", str(port)],
-        stdout=subprocess.DEVNULL,
-    )
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the sandbox exited with code {process.returncode}")
-            try:
-                if httpx.get(f"{base}/_sandbox/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the sandbox did not start within 30 s")
-            time.sleep(0.1)  # waiting for a subprocess to listen: no event to wait on
+    argv = [sys.executable, __file__, "--serve", str(port)]
+    with running_process(argv, health_url=f"{base}/_sandbox/health", name="the sandbox"):
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @dataclass
@@ -172,69 +142,6 @@ def set_up(base: str) -> Target:
 
 
 # --- load: wrk -----------------------------------------------------------------------------------
-
-_WRK_DONE = """
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "BENCH_JSON {\\"requests\\":%d,\\"duration_us\\":%d,\\"errors\\":%d,"
-    .. "\\"p50_us\\":%d,\\"p99_us\\":%d}\\n",
-    summary.requests, summary.duration,
-    e.connect + e.read + e.write + e.status + e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
-"""
-
-
-def _lua_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def wrk_load(
-    wrk: str,
-    base: str,
-    path: str,
-    headers: dict[str, str],
-    *,
-    duration: int,
-    connections: int,
-) -> tuple[int, float, int, float, float]:
-    """(requests, seconds, errors, p50 ms, p99 ms) from one wrk run."""
-    lines = ['wrk.method = "GET"']
-    for name, value in headers.items():
-        lines.append(f"wrk.headers[{_lua_string(name)}] = {_lua_string(value)}")
-    with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "bench.lua"
-        script.touch(mode=0o600)
-        script.write_text("\n".join(lines) + "\n" + _WRK_DONE)
-        completed = subprocess.run(  # noqa: S603 - wrk from PATH, our arguments
-            [
-                wrk,
-                "-t1",
-                f"-c{connections}",
-                f"-d{duration}s",
-                "--timeout",
-                "5s",
-                "-s",
-                str(script),
-                base + path,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    for line in completed.stdout.splitlines():
-        if line.startswith("BENCH_JSON "):
-            data = json.loads(line.removeprefix("BENCH_JSON "))
-            return (
-                int(data["requests"]),
-                data["duration_us"] / 1e6,
-                int(data["errors"]),
-                data["p50_us"] / 1000,
-                data["p99_us"] / 1000,
-            )
-    raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr.strip()[:500]}")
-
 
 # --- load: the Python fallback ---------------------------------------------------------------------
 
@@ -318,7 +225,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Measurement], str]:
     def load(path: str, headers: dict[str, str]) -> tuple[int, float, int, float, float]:
         if wrk:
             return wrk_load(
-                wrk, base, path, headers, duration=args.duration, connections=args.connections
+                wrk, base + path, headers, duration=args.duration, connections=args.connections
             )
         return python_load(
             base, path, headers, duration=args.duration, connections=args.connections
@@ -402,10 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results, tool = measure(args)
     summary = report(results, tool, args)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"written: {RESULTS}")
-    return 0 if summary["passed"] else 1
+    return write_result(RESULTS, summary, "")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import platform
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from _support import write_result
 from amobridge.amo import AmoClient, LeadCreate, StaticTokenProvider
 from amobridge.sandbox import SandboxConfig, create_sandbox_app
 
@@ -178,11 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive", type=int, default=100)
     args = parser.parse_args(argv)
     result = asyncio.run(run(args.leads, args.batch, args.naive))
-    print(_table(result))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS}")
-    return 0 if result["passed"] else 1
+    return write_result(RESULTS, result, _table(result))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -43,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from _support import free_port, running_process, write_result, wrk_load
 
 TARGET_RATIO = 0.3
 TARGET_P99_MS = 50.0
@@ -135,12 +136,6 @@ def postgres_problem() -> str | None:
 # --- the service -----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def amobridge(*args: str) -> list[str]:
     return [sys.executable, "-m", "amobridge", *args]
 
@@ -171,36 +166,16 @@ def running_service(env: dict[str, str], workdir: Path) -> Iterator[str]:
     """``amobridge serve`` on a free port, ready once ``/healthz`` answers 200."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log_path = workdir / "serve.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and program
-            amobridge("serve", "--host", "127.0.0.1", "--port", str(port)),
-            env=env,
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + START_DEADLINE
-        with httpx.Client(timeout=2.0) as http:
-            while True:
-                if process.poll() is not None:
-                    tail = log_path.read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"amobridge serve exited with {process.returncode}:\n{tail}")
-                with contextlib.suppress(httpx.TransportError):
-                    if http.get(f"{base}/healthz").status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"amobridge serve did not answer within {START_DEADLINE} s")
-                time.sleep(0.05)  # polling while the port opens: no event to wait on
+    with running_process(
+        amobridge("serve", "--host", "127.0.0.1", "--port", str(port)),
+        health_url=f"{base}/healthz",
+        name="amobridge serve",
+        env=env,
+        cwd=workdir,
+        log_path=workdir / "serve.log",
+        deadline=START_DEADLINE,
+    ):
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def create_app_key(env: dict[str, str], workdir: Path) -> str:
@@ -240,65 +215,6 @@ def connect_owner(base: str, admin_key: str, app_key: str) -> str:
 
 
 # --- load: wrk -------------------------------------------------------------------------------------
-
-_WRK_DONE = """
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "BENCH_JSON {\\"requests\\":%d,\\"duration_us\\":%d,\\"errors\\":%d,"
-    .. "\\"p50_us\\":%d,\\"p99_us\\":%d}\\n",
-    summary.requests, summary.duration,
-    e.connect + e.read + e.write + e.status + e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
-"""
-
-
-def _lua_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def wrk_load(
-    wrk: str, url: str, headers: dict[str, str], *, duration: float, connections: int
-) -> tuple[int, float, int, float, float]:
-    """(requests, seconds, errors, p50 ms, p99 ms) of one wrk run."""
-    lines = ['wrk.method = "GET"']
-    lines += [f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items()]
-    with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "bench.lua"
-        script.touch(mode=0o600)  # it holds the API key
-        script.write_text("\n".join(lines) + "\n" + _WRK_DONE)
-        completed = subprocess.run(  # noqa: S603 - wrk from PATH, our arguments
-            [
-                wrk,
-                "-t1",
-                f"-c{connections}",
-                f"-d{duration:g}s",
-                "--latency",
-                "--timeout",
-                "5s",
-                "-s",
-                str(script),
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    for line in completed.stdout.splitlines():
-        if line.startswith("BENCH_JSON "):
-            data = json.loads(line.removeprefix("BENCH_JSON "))
-            return (
-                int(data["requests"]),
-                data["duration_us"] / 1e6,
-                int(data["errors"]),
-                data["p50_us"] / 1000,
-                data["p99_us"] / 1000,
-            )
-    raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr.strip()[:500]}")
-
-
-# --- one database ------------------------------------------------------------------------------------
 
 
 def measure(database: str, args: argparse.Namespace, wrk: str) -> DatabaseRun:
@@ -429,10 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": skipped,
         "passed": passed,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"written: {RESULTS}")
-    return 0 if passed else 1
+    return write_result(RESULTS, summary, "")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,6 @@ the signed re-authorization callback, and the production key rule."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -195,71 +192,3 @@ async def test_rs256_user_tokens(database_url: str, sandbox_app: Any) -> None:
             assert "expired" in old.json()["detail"]
     finally:
         await services.stop()
-
-
-async def test_reauth_callback_is_signed(
-    database_url: str, sandbox: Any, sandbox_app: Any, control: httpx.AsyncClient
-) -> None:
-    from conftest import make_settings  # type: ignore[import-not-found]
-
-    received: list[httpx.Request] = []
-
-    class Route(httpx.AsyncBaseTransport):
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            if request.url.host == "hostapp.test":
-                await request.aread()
-                received.append(request)
-                return httpx.Response(200)
-            return await httpx.ASGITransport(app=sandbox_app).handle_async_request(request)
-
-    integ = (
-        await control.post(
-            "/_sandbox/integrations",
-            json={"name": "x", "redirect_uri": "http://service.test/amocrm/callback"},
-        )
-    ).json()
-    account = (await control.post("/_sandbox/accounts", json={"subdomain": "hooked"})).json()
-    settings = make_settings(
-        database_url,
-        amo={"client_id": integ["client_id"], "client_secret": integ["client_secret"]},
-        hooks={
-            "reauth_callback_url": "http://hostapp.test/hook",
-            "reauth_callback_secret": "hook-secret-123",
-        },
-    )
-    services = Services.build(settings, amo_transport=Route())
-    await services.start()
-    try:
-        code = (
-            await control.post(
-                "/_sandbox/authorize",
-                json={"client_id": integ["client_id"], "account_id": account["id"]},
-            )
-        ).json()
-        connection = await services.connect_callback.exchange_code_for(
-            "o", code["code"], code["referer"]
-        )
-        await control.post(
-            f"/_sandbox/integrations/{integ['client_id']}/uninstall",
-            json={"account_id": account["id"]},
-        )
-        await control.post("/_sandbox/tokens/expire", json={})
-        client = await services.clients.client(connection)
-        from amobridge.amo.errors import AmoReauthRequired
-
-        with pytest.raises(AmoReauthRequired):
-            await client.account.get()
-        with pytest.raises(AmoReauthRequired):
-            await client.account.get()
-        assert received == []  # queued, never POSTed on the caller's path
-        assert await services.connect_tasks.deliver_notifications() == 1
-        assert await services.connect_tasks.deliver_notifications() == 0  # delivered once
-    finally:
-        await services.stop()
-    assert len(received) == 1  # once per dead grant, not once per failed call
-    body = received[0].content
-    payload = json.loads(body)
-    assert payload["event"] == "connection.reauth_required"
-    assert payload["owner"] == "o"
-    expected = hmac.new(b"hook-secret-123", body, hashlib.sha256).hexdigest()
-    assert received[0].headers["X-Amobridge-Signature"] == f"sha256={expected}"

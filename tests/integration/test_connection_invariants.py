@@ -13,7 +13,12 @@ Each test here reproduces a defect the service core had:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
+import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -234,19 +239,36 @@ async def test_keepalive_goes_on_past_a_stuck_lease(stack: Any) -> None:
             pass
 
 
-async def test_reauth_callback_is_queued_retried_and_audited(
-    database_url: str, sandbox: Any, sandbox_app: Any, control: httpx.AsyncClient
-) -> None:
+@dataclass
+class HostApp:
+    """Services whose reauth callback goes to a recording host app, with one connection whose
+    grant amoCRM has just revoked (the integration was disabled, the access token expired)."""
+
+    services: Services
+    connection: Connection
+    replies: list[int]
+    received: list[httpx.Request] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def host_app(
+    database_url: str,
+    sandbox_app: Any,
+    control: httpx.AsyncClient,
+    *,
+    replies: list[int],
+    secret: str | None = None,
+) -> AsyncIterator[HostApp]:
     from conftest import make_settings  # type: ignore[import-not-found]
 
-    replies = [500, 200]
-    received: list[bytes] = []
+    holder: list[HostApp] = []
 
     class Route(httpx.AsyncBaseTransport):
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             if request.url.host == "hostapp.test":
-                received.append(await request.aread())
-                return httpx.Response(replies.pop(0))
+                await request.aread()
+                holder[0].received.append(request)
+                return httpx.Response(holder[0].replies.pop(0))
             return await httpx.ASGITransport(app=sandbox_app).handle_async_request(request)
 
     integ = (
@@ -256,13 +278,16 @@ async def test_reauth_callback_is_queued_retried_and_audited(
         )
     ).json()
     account = (await control.post("/_sandbox/accounts", json={"subdomain": "hooked"})).json()
+    hooks: dict[str, str] = {"reauth_callback_url": "http://hostapp.test/hook"}
+    if secret is not None:
+        hooks["reauth_callback_secret"] = secret
     settings = make_settings(
         database_url,
         amo={"client_id": integ["client_id"], "client_secret": integ["client_secret"]},
-        hooks={"reauth_callback_url": "http://hostapp.test/hook"},
+        hooks=hooks,
     )
     services = Services.build(settings, amo_transport=Route())
-    await services.start()
+    await services.start(migrate=False)
     try:
         code = (
             await control.post(
@@ -278,10 +303,43 @@ async def test_reauth_callback_is_queued_retried_and_audited(
             json={"account_id": account["id"]},
         )
         await control.post("/_sandbox/tokens/expire", json={})
-        client = await services.clients.client(connection)
+        holder.append(HostApp(services, connection, replies))
+        yield holder[0]
+    finally:
+        await services.stop()
+
+
+async def test_reauth_callback_is_signed_and_sent_once_per_dead_grant(
+    database_url: str, sandbox_app: Any, control: httpx.AsyncClient
+) -> None:
+    async with host_app(
+        database_url, sandbox_app, control, replies=[200], secret="hook-secret-123"
+    ) as host:
+        client = await host.services.clients.client(host.connection)
+        for _ in range(2):
+            with pytest.raises(AmoReauthRequired):
+                await client.account.get()
+        assert host.received == []  # queued, never POSTed on the caller's path
+        assert await host.services.connect_tasks.deliver_notifications() == 1
+        assert await host.services.connect_tasks.deliver_notifications() == 0  # delivered once
+    assert len(host.received) == 1  # once per dead grant, not once per failed call
+    body = host.received[0].content
+    payload = json.loads(body)
+    assert payload["event"] == "connection.reauth_required"
+    assert payload["owner"] == "o"
+    expected = hmac.new(b"hook-secret-123", body, hashlib.sha256).hexdigest()
+    assert host.received[0].headers["X-Amobridge-Signature"] == f"sha256={expected}"
+
+
+async def test_reauth_callback_is_queued_retried_and_audited(
+    database_url: str, sandbox_app: Any, control: httpx.AsyncClient
+) -> None:
+    async with host_app(database_url, sandbox_app, control, replies=[500, 200]) as host:
+        services = host.services
+        client = await services.clients.client(host.connection)
         with pytest.raises(AmoReauthRequired):
             await client.account.get()
-        assert received == []  # the caller did not wait for the host app
+        assert host.received == []  # the caller did not wait for the host app
 
         assert await services.connect_tasks.deliver_notifications() == 0  # 500: retry later
         assert await services.connect_tasks.deliver_notifications() == 0  # not due yet
@@ -296,7 +354,5 @@ async def test_reauth_callback_is_queued_retried_and_audited(
             assert (row.status, row.attempts) == ("delivered", 2)
             audit = await AuditRepository(session).tail(owner="o", action="reauth_callback")
         assert [e.success for e in reversed(audit)] == [False, True]
-        assert len(received) == 2
-        assert received[0] == received[1]
-    finally:
-        await services.stop()
+        assert len(host.received) == 2
+        assert host.received[0].content == host.received[1].content
