@@ -1,4 +1,4 @@
-"""Find a customer's leads by the e-mail or phone they gave (seed 002).
+"""Find a customer's leads by the e-mail or phone they gave.
 
 amoCRM has no "leads by contact e-mail" endpoint. A finder searches contacts with ``query``, keeps
 those whose EMAIL / PHONE values really are the one asked for (amoCRM stores them as typed and its

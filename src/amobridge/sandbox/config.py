@@ -17,7 +17,7 @@ RateRule = Literal["sliding", "fixed", "token_bucket"]
 
 @dataclass(frozen=True)
 class SandboxConfig:
-    # --- OAuth (§2) ---------------------------------------------------------------------------
+    # --- OAuth -----------------------------------------------------------------------------------
     code_ttl: int = 20 * 60
     """Authorization code lifetime, seconds (amoCRM: 20 minutes, single use)."""
     access_ttl: int = 86400
@@ -35,7 +35,7 @@ class SandboxConfig:
     secrets_uri_require_https: bool = False
     """amoCRM requires https for ``data-secrets_uri``; off by default so local http works."""
 
-    # --- Rate limit (§7) ----------------------------------------------------------------------
+    # --- Rate limit ------------------------------------------------------------------------------
     rate_limit_enabled: bool = True
     rate_limit_rps: int = 7
     """Requests per second per integration and account (or per client IP: ``rate_scope``)."""
@@ -55,7 +55,7 @@ class SandboxConfig:
     retry_after_in_429_body: int | None = None
     """(Kommo) ``retry_after`` field in the 429 JSON body; None omits it (amoCRM sends none)."""
 
-    # --- API v4 (§5) --------------------------------------------------------------------------
+    # --- API v4 ----------------------------------------------------------------------------------
     batch_limit: int = 250
     complex_limit: int = 50
     page_limit_max: int = 250
@@ -64,7 +64,7 @@ class SandboxConfig:
     """(unverified) Longest entity name accepted; None: unlimited."""
     max_webhooks_per_account: int = 100
 
-    # --- Webhooks out (§8) --------------------------------------------------------------------
+    # --- Webhooks out ----------------------------------------------------------------------------
     webhook_timeout: float = 2.0
     """Real seconds a destination has to answer with 100-299."""
     webhook_retry_delays: tuple[int, ...] = (300, 900, 900, 3600)

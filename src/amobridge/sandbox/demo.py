@@ -1,5 +1,5 @@
-"""The demo world ``make run`` starts with: one account, the academy pipeline of seed 002, an
-integration to connect with, and a few leads and contacts to look at."""
+"""The demo world ``make run`` starts with: one account, an online school's pipeline (a stage
+per lesson passed), an integration to connect with, and a few leads and contacts to look at."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""amoCRM's request limits (§7): 7 requests/second, 429 over it, an account-wide 403 ban when the
+"""amoCRM's request limits: 7 requests/second, 429 over it, an account-wide 403 ban when the
 429s keep coming.
 
-amoCRM does not say how it counts "7 per second", so the counting rule is a setting
+amoCRM states the limit (https://www.amocrm.ru/developers/content/api/recommendations) but does
+not say how it counts "7 per second", so the counting rule is a setting
 (``rate_rule``), each rule one :class:`Meter` per key (integration and account, or client IP; and
 the account-wide cap), all on sandbox time:
 

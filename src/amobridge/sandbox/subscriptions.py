@@ -1,4 +1,4 @@
-"""Webhook subscriptions (§8.1): ``/api/v4/webhooks``, and the control routes of webhook delivery.
+"""Webhook subscriptions: ``/api/v4/webhooks``, and the control routes of webhook delivery.
 
 API (admin users only, as in amoCRM; others get 403):
 
@@ -11,6 +11,8 @@ API (admin users only, as in amoCRM; others get 403):
 
 Control (``/_sandbox/``): the delivery log, a flush that waits for deliveries in flight, and the
 admin's re-enable of a disabled subscription.
+
+amoCRM documents the API at https://www.amocrm.ru/developers/content/crm_platform/webhooks-api.
 """
 
 from __future__ import annotations

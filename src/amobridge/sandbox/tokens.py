@@ -1,4 +1,4 @@
-"""Authorization codes, access and refresh tokens, with amoCRM's lifetimes and rules (§2).
+"""Authorization codes, access and refresh tokens, with amoCRM's lifetimes and rules.
 
 - A code lives ``code_ttl`` (20 min) and can be exchanged once.
 - An access token is an RS256 JWT with amoCRM's claims, ``expires_in`` = ``access_ttl`` (24 h).

@@ -1,4 +1,4 @@
-"""Webhooks out (§8): amoCRM's form-encoded bodies, 2 s deadline, retries, auto-disable.
+"""Webhooks out: amoCRM's form-encoded bodies, 2 s deadline, retries, auto-disable.
 
 The API layer (and the control API, for changes "made in the UI") reports every data change with
 :meth:`WebhookDispatcher.emit`. For each enabled subscription of the account whose ``settings`` ask
@@ -6,9 +6,9 @@ for it, the dispatcher builds amoCRM's body and POSTs it from an asyncio task th
 outbound client:
 
 - body: ``application/x-www-form-urlencoded`` with bracket keys (``leads[status][0][id]=…``), every
-  value a string, nested lists and dicts flattened, plus the ``account[…]`` block (§8.2);
+  value a string, nested lists and dicts flattened, plus the ``account[…]`` block;
 - headers: ``User-Agent: amoCRM-Webhooks/3.0``, ``X-Amocrm-Requestid: {uuid4}`` (new per attempt),
-  ``Accept-Encoding: gzip``;
+  ``Accept-Encoding: gzip`` (undocumented: what amoCRM's deliveries carried in 2025);
 - delivered: a 100–299 reply within ``webhook_timeout`` *real* seconds (2 s);
 - retries: attempts 2 and 3 after any failure, attempts 4 and 5 only after a 499 or 5xx, at the
   ``webhook_retry_delays`` of *sandbox* time (5 min, 15 min, 15 min, 1 h) counted from when the
@@ -21,10 +21,13 @@ outbound client:
 Events: one event is one (entity, action) pair of one change. A lead moved to another stage is two
 events: ``status`` (with ``old_status_id``) for ``status_lead`` and ``update`` for ``update_lead``.
 Each event goes in its own POST unless ``webhook_multi_per_post`` is on, then every event of one
-``emit`` call for one subscription shares a POST (amoCRM's batching is unverified, §8.2).
+``emit`` call for one subscription shares a POST (amoCRM does not document whether it batches).
 
 Every attempt is kept in a bounded log that the control API serves
 (``GET /_sandbox/webhook-deliveries``).
+
+amoCRM documents the body format at
+https://www.amocrm.ru/developers/content/crm_platform/webhooks-format.
 """
 
 from __future__ import annotations
@@ -70,9 +73,9 @@ WEBHOOK_SETTINGS: frozenset[str] = frozenset(
     {f"{action}_{entity}" for action, entities in _ENTITY_SETTINGS.items() for entity in entities}
     | {"status_lead", "add_talk", "update_talk", "add_chat_template_review"}
 )
-"""Every value ``settings`` may hold (§8.1)."""
+"""Every value ``settings`` may hold."""
 
-# entity type -> (body key, settings suffix). Companies are sent as contacts[…] type=company (§8.2).
+# entity type -> (body key, settings suffix). Companies are sent as contacts[…] type=company.
 _ENTITY_KEYS: dict[EntityType, tuple[str, str]] = {
     "leads": ("leads", "lead"),
     "contacts": ("contacts", "contact"),
@@ -122,7 +125,8 @@ def events_for(change: EntityChange, settings: Iterable[str]) -> list[WebhookEve
         if f"update_{suffix}" in wanted:
             events.append(WebhookEvent(key, "update", base()))
     elif change.action == "delete" and f"delete_{suffix}" in wanted:
-        # amoCRM sends only the id (§8.2); the contacts key also says which kind was deleted.
+        # Delete hooks seen from amoCRM carry only the id (it documents no more); the contacts key
+        # also says which kind was deleted.
         fields = {"id": change.entity_id}
         if key == "contacts":
             fields["type"] = "company" if change.entity_type == "companies" else "contact"
@@ -143,7 +147,7 @@ def events_for(change: EntityChange, settings: Iterable[str]) -> list[WebhookEve
 def _insert_after(
     fields: dict[str, Any], after: str, name: str, change: EntityChange
 ) -> dict[str, Any]:
-    """``fields`` with ``name = change.old_status_id`` placed right after ``after`` (§8.2 order)."""
+    """``fields`` with ``name = change.old_status_id`` right after ``after`` (amoCRM's order)."""
     out: dict[str, Any] = {}
     for key, value in fields.items():
         if key == name:
@@ -202,7 +206,7 @@ def is_delivered(status: int | None) -> bool:
 def retry_delay(config: SandboxConfig, attempt: int, code: int) -> int | None:
     """Sandbox seconds until the attempt after failed ``attempt`` (1-based), or None: give up.
 
-    ``code`` is the reply status, 0 for a timeout or a connection error (§8.3).
+    ``code`` is the reply status, 0 for a timeout or a connection error.
     """
     delays = config.webhook_retry_delays
     if attempt < 1 or attempt > len(delays):

@@ -1,4 +1,4 @@
-"""The sandbox's API v4 subset (§5, §6) and the control API's UI-side edits.
+"""The sandbox's subset of amoCRM's API v4, and the control API's UI-side edits.
 
 Modules: ``account`` (account, users), ``pipelines``, ``resource`` (the one endpoint set for
 leads, contacts and companies, parametrised by their :class:`~.resource.EntityKind`), ``leads``

@@ -1,4 +1,4 @@
-"""``GET /api/v4/account`` and ``/api/v4/users`` (§5.1).
+"""``GET /api/v4/account`` and ``/api/v4/users``.
 
 The account answers ``id, name, subdomain, created_at, created_by, updated_at, updated_by,
 current_user_id`` (the token's user), ``country, currency, currency_symbol, customers_mode,

@@ -6,7 +6,7 @@ A request is checked whole before anything is written (a :class:`Writer` plans e
 applies them), so an invalid item leaves the account untouched. Each change is reported once, after
 the request's writes, as an :class:`EntityChange` for the webhook dispatcher.
 
-Rules (§5.2): all create fields are optional; a lead without a status lands in the first open
+amoCRM's rules: all create fields are optional; a lead without a status lands in the first open
 stage of the main pipeline (``pipeline_id`` alone: that pipeline's first open stage); 142 and 143
 exist in every pipeline (``pipeline_id`` disambiguates, else the lead's own or the main
 pipeline); moving to 142/143 sets ``closed_at``, leaving them clears it. A lead without a name is

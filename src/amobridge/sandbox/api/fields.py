@@ -1,5 +1,5 @@
 """Custom fields: ``/api/v4/{leads|contacts|companies}/custom_fields`` and the
-``custom_fields_values`` of entity writes (§5.2).
+``custom_fields_values`` of entity writes.
 
 A write names a field by ``field_id`` or ``field_code`` (``PHONE``, ``EMAIL``) and gives
 ``values``; enum fields take ``enum_id``, ``enum_code`` or the option's ``value``. An unknown field

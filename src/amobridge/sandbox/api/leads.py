@@ -1,7 +1,7 @@
 """What only leads have: their filters (for the shared endpoints of ``resource.py``) and
 ``/leads/complex``.
 
-Lead filters (§5.1): ``filter[pipeline_id]`` (``[0]``, ``[]``), ``filter[statuses][N][status_id]``
+Lead filters: ``filter[pipeline_id]`` (``[0]``, ``[]``), ``filter[statuses][N][status_id]``
 with an optional ``[pipeline_id]`` (any group may match), ``filter[price]`` and
 ``filter[closed_at]`` (a value or ``[from]``/``[to]``). ``with=contacts`` adds
 ``_embedded.contacts[{id, is_main, _links}]``.

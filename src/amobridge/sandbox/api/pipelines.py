@@ -1,4 +1,4 @@
-"""Pipelines and statuses (§5.2): ``GET /api/v4/leads/pipelines`` (``_total_items``,
+"""Pipelines and statuses: ``GET /api/v4/leads/pipelines`` (``_total_items``,
 ``_embedded.pipelines[…, _embedded.statuses]``), ``/pipelines/{id}``, ``/pipelines/{id}/statuses``
 and ``/pipelines/{id}/statuses/{status_id}``. Every pipeline holds 142 (won) and 143 (lost).
 A missing pipeline or status answers 204."""

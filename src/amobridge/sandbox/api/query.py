@@ -1,5 +1,5 @@
 """List queries: ``page``/``limit``, ``filter[…]``, ``order[…]``, ``with``, ``query``, and amoCRM's
-page envelope (§5.2).
+page envelope.
 
 - ``limit`` above ``page_limit_max`` (250) is capped to it, as amoCRM does for reads; a missing,
   non-numeric or non-positive ``limit`` or ``page`` falls back to the default (limit 50, page 1).

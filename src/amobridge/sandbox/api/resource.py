@@ -1,4 +1,4 @@
-"""The one entity resource: leads, contacts and companies are the same endpoints (§5.1, §5.2),
+"""The one entity resource: leads, contacts and companies are the same endpoints in amoCRM,
 parametrised by an :class:`EntityKind` (its payload model, its JSON shape, what ``query`` searches
 and its own filters). What only one kind has stays with it: ``/leads/complex`` and the lead
 filters in ``leads.py``, a manager's shorthands in ``ui.py``.
@@ -82,7 +82,7 @@ class EntityKind:
 
 LEADS = EntityKind("leads", LeadIn, lead_json, ("name", "price"), lead_filters)
 # A contact's phones and e-mails are custom field values, so ``query`` finds them as plain
-# case-insensitive substrings (§5.2: how amoCRM matches phones is unverified; amobridge
+# case-insensitive substrings (amoCRM does not document how it matches phones; amobridge
 # normalises them itself before it searches).
 CONTACTS = EntityKind("contacts", ContactIn, contact_json, ("name", "first_name", "last_name"))
 COMPANIES = EntityKind("companies", CompanyIn, company_json, ("name",))

@@ -1,4 +1,4 @@
-"""amoCRM's JSON shapes for the sandbox's entities (§5.2), and webhook snapshots (§8.2).
+"""amoCRM's JSON shapes for the sandbox's entities, and their webhook snapshots.
 
 Plain dicts, no models: ``GET /api/v4/leads/{id}`` must stay cheap. Links are absolute, rooted at
 the request's own ``scheme://host`` (``base``).
@@ -245,7 +245,7 @@ def note_json(account: Account, note: Note, base: str) -> dict[str, Any]:
 
 
 def webhook_snapshot(account: Account, entity_type: EntityType, entity: Any) -> dict[str, Any]:
-    """The entity as amoCRM's webhooks describe it (§8.2), for :class:`EntityChange.snapshot`.
+    """The entity as amoCRM's webhooks describe it, for :class:`EntityChange.snapshot`.
 
     Keys come in the order amoCRM's captured bodies use; values keep their Python types and the
     nesting is the webhook's own, so flattening to ``key[sub][0][x]=str(value)`` gives amoCRM's

@@ -1,7 +1,7 @@
 """Request bodies in, amoCRM's ``validation-errors`` out.
 
 amoCRM validates with Symfony's validator and reports each violation as ``{"code", "path",
-"detail"}`` under the ``request_id`` of the item it belongs to (§6). Payload shapes are pydantic
+"detail"}`` under the ``request_id`` of the item it belongs to. Payload shapes are pydantic
 models (``extra="forbid"``, strict types); their errors map to amoCRM's codes:
 
 ========================  ==================  ===============================================
@@ -274,7 +274,7 @@ def _encodable(text: str) -> bool:
 
 
 def body_array(data: Any, limit: int) -> list[Any]:
-    """A batch body: a non-empty JSON array of at most ``limit`` items (§5.3)."""
+    """A batch body: a non-empty JSON array of at most ``limit`` items (amoCRM: 250)."""
     if isinstance(data, dict) and not data:
         raise ApiProblem.of(400, "Request data can not be empty")
     if not isinstance(data, list):

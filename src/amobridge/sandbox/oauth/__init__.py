@@ -1,4 +1,4 @@
-"""amoCRM's OAuth side (§1–§4), one module per concept:
+"""amoCRM's OAuth side, one module per concept:
 
 - :mod:`.consent`: ``GET /oauth`` and ``/oauth/``, the consent page, Allow/Deny and how they land.
 - :mod:`.access_token`: ``POST /oauth2/access_token``, codes and refresh tokens exchanged through

@@ -1,7 +1,8 @@
-"""The token endpoint (§2.2, §2.3): ``POST /oauth2/access_token`` exchanges codes and refresh
+"""The token endpoint: ``POST /oauth2/access_token`` exchanges codes and refresh
 tokens through :class:`~amobridge.sandbox.tokens.TokenAuthority`, JSON or form bodies, with
 amoCRM's ``OAuthProblemJson`` errors; every call passes fault injection and lands in the request
-log (the refresh-storm proofs count token calls there)."""
+log (the refresh-storm proofs count token calls there). amoCRM documents the endpoint at
+https://www.amocrm.ru/developers/content/oauth/step-by-step."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def _clip(value: Any) -> str | None:
 async def _access_token(
     sandbox: Sandbox, request: Request, record: RequestRecord
 ) -> Response | DropConnection:
-    """``POST /oauth2/access_token`` (§2.2, §2.3)."""
+    """``POST /oauth2/access_token``."""
     host = resolve_host(sandbox, request)
     fields: dict[str, Any] = {}
     parse_error: OAuthError | None = None

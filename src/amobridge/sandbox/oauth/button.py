@@ -1,6 +1,7 @@
-"""The website button (§3): the script, and the metadata mode that creates an integration per
-install and POSTs its credentials to the integrator's ``secrets_uri`` **before** the redirect,
-aborting on anything but a 200.
+"""The website button (https://www.amocrm.ru/developers/content/oauth/button): the script, and
+the metadata mode that creates an integration per install and POSTs its credentials to the
+integrator's ``secrets_uri`` **before** the redirect, aborting on anything but a 200 (amoCRM
+does not document the reply it expects; one report saw a 204 make the popup fail).
 
 ``POST /_sandbox/button-install`` is a browser's Allow on such a button, without the browser.
 """
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from amobridge.sandbox.app import Sandbox
 
 BUTTON_SCOPES = ("crm", "notifications")
-"""What a metadata button may ask for (§3)."""
+"""What a metadata button may ask for (amoCRM allows only these two scopes there)."""
 DEFAULT_BUTTON_SCOPES = ["crm"]
 SECRETS_TIMEOUT = 10.0
 """Real seconds an integrator's ``secrets_uri`` has to answer (unverified: amoCRM's own limit)."""
@@ -142,7 +143,7 @@ class ButtonInstall:
 async def install_from_button(
     sandbox: Sandbox, account: Account, meta: ButtonMetadata, state: str | None
 ) -> ButtonInstall:
-    """What Allow does for a metadata button (§3): create the integration in ``account``, POST
+    """What Allow does for a metadata button: create the integration in ``account``, POST
     its credentials to ``secrets_uri``, and only after an exactly-200 reply issue the code. Any
     other outcome deletes the new integration and raises :class:`ButtonInstallError`."""
     integration = sandbox.state.create_integration(

@@ -1,4 +1,4 @@
-"""The consent page (§2.1): ``GET /oauth`` and ``/oauth/`` show it (on ``www``/bare hosts; the
+"""The consent page: ``GET /oauth`` and ``/oauth/`` show it (on ``www``/bare hosts; the
 account-host form by setting); Allow/Deny post back with a single-use nonce and land on the
 integration's ``redirect_uri``: plain navigation, ``mode=popup`` through the opener,
 ``mode=post_message`` as a message to the opener. A metadata button (no ``client_id``) creates

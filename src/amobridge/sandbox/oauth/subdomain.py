@@ -1,4 +1,4 @@
-"""Subdomain discovery (§1): ``GET /oauth2/account/current/subdomain`` answers which account a
+"""Subdomain discovery: ``GET /oauth2/account/current/subdomain`` answers which account a
 refresh token belongs to; it passes fault injection and the request log as the token endpoint does."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 async def _current_subdomain(
     sandbox: Sandbox, request: Request, record: RequestRecord
 ) -> Response | DropConnection:
-    """``GET /oauth2/account/current/subdomain`` with ``X-Refresh-Token`` (§1), on ``api-*``
+    """``GET /oauth2/account/current/subdomain`` with ``X-Refresh-Token``, on ``api-*``
     hosts (and bare ones): the account a live refresh token belongs to."""
     host = resolve_host(sandbox, request)
     if host.named and not host.host.startswith("api-"):

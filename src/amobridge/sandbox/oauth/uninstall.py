@@ -1,4 +1,4 @@
-"""The uninstall (disconnect) hook (§4): disabling an integration in an account revokes its
+"""The uninstall (disconnect) hook: disabling an integration in an account revokes its
 tokens there and sends one signed GET to its disconnect URL, whose reply is ignored.
 
 ``POST /_sandbox/integrations/{client_id}/uninstall`` is the account admin doing that.
@@ -30,11 +30,11 @@ if TYPE_CHECKING:
     from amobridge.sandbox.app import Sandbox
 
 DISCONNECT_TIMEOUT = 5.0
-"""Real seconds the disconnect hook gets; the reply is ignored either way (§4)."""
+"""Real seconds the disconnect hook gets (amoCRM documents no timeout); the reply is ignored."""
 
 
 def disconnect_signature(client_secret: str, client_uuid: str, account_id: int) -> str:
-    """§4: lowercase hex HMAC-SHA256 of ``"{client_uuid}|{account_id}"`` keyed with the secret."""
+    """Lowercase hex HMAC-SHA256 of ``"{client_uuid}|{account_id}"`` keyed with the secret."""
     message = f"{client_uuid}|{int(account_id)}".encode()
     return hmac.new(client_secret.encode(), message, hashlib.sha256).hexdigest()
 
@@ -74,7 +74,7 @@ async def send_disconnect(
 
 
 async def uninstall(request: Request, sandbox: Sandbox) -> Response:
-    """Disable an integration in an account (§2.2, §4): ``{account_id}``."""
+    """Disable an integration in an account: ``{account_id}``."""
     integration = get_integration(sandbox, request.path_params["client_id"])
     data = await body_object(request)
     reject_unknown(data, {"account_id"})
