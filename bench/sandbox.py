@@ -1,4 +1,4 @@
-"""Sandbox throughput (issue 3): ``GET /api/v4/leads/{id}`` at ≥ 1,500 requests/s on one worker.
+"""Sandbox throughput: ``GET /api/v4/leads/{id}`` at ≥ 1,500 requests/s on one worker.
 
 Starts the sandbox as ``amobridge sandbox`` runs it (uvicorn, one worker, uvloop + httptools,
 access log off) in a subprocess on a free port with rate limiting off, sets up an account, an

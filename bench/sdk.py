@@ -1,7 +1,7 @@
-"""SDK throughput under amoCRM's rate limit (issue 4): 10,000 leads at 7 requests/second.
+"""SDK throughput under amoCRM's rate limit: 10,000 leads at 7 requests/second.
 
 Against the sandbox (in-process through httpx's ``ASGITransport``) with its rate limiter **on** at 7
-requests per second per integration and account (amocrm-api.md §7), the SDK creates ``--leads``
+requests per second per integration and account (amoCRM's limit), the SDK creates ``--leads``
 leads with ``amo.leads.create`` in batches of ``--batch`` (50, amoCRM's recommendation). The floor is
 ``ceil(leads / batch) / 7`` seconds; the target is at most **1.15 ×** the floor with **0**
 responses 429 (counted from the sandbox's request log, not from the client).
