@@ -1,4 +1,4 @@
-"""Conformance: account, users, pipelines, custom fields, tags and notes (amocrm-api.md §5)."""
+"""Conformance: account, users, pipelines, custom fields, tags and notes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sandbox_support import Connected
 
 
 async def test_account_fields_and_with_parts(acme: Connected) -> None:
-    """§5.1: ``GET /account`` → ``id, name, subdomain, current_user_id, …``; ``with`` adds parts."""
+    """``GET /account`` → ``id, name, subdomain, current_user_id, …``; ``with`` adds parts."""
     reply = await acme.api.get("/api/v4/account")
     assert reply.status_code == 200
     account = reply.json()
@@ -33,7 +33,7 @@ async def test_account_fields_and_with_parts(acme: Connected) -> None:
 
 
 async def test_users_paged_and_one(acme: Connected, control: httpx.AsyncClient) -> None:
-    """§5.1: users are paged; a missing user is 204 (§6)."""
+    """Users are paged; a missing user is 204 (never 404)."""
     maria = (
         await control.post(f"/_sandbox/accounts/{acme.account_id}/users", json={"name": "Мария"})
     ).json()
@@ -47,7 +47,7 @@ async def test_users_paged_and_one(acme: Connected, control: httpx.AsyncClient) 
 
 
 async def test_142_and_143_in_every_pipeline(acme: Connected, control: httpx.AsyncClient) -> None:
-    """§5.2: every pipeline has 142 (won) and 143 (lost), same ids everywhere; ``_total_items``
+    """Every pipeline has 142 (won) and 143 (lost), same ids everywhere; ``_total_items``
     and ``_embedded.pipelines[…]._embedded.statuses``; type 1 = unsorted."""
     await control.post(
         f"/_sandbox/accounts/{acme.account_id}/pipelines",
@@ -76,7 +76,7 @@ async def test_142_and_143_in_every_pipeline(acme: Connected, control: httpx.Asy
 
 
 async def test_custom_fields_list_create_get(acme: Connected) -> None:
-    """§5.2: contacts have PHONE and EMAIL fields; custom fields can be added and read back."""
+    """Contacts have PHONE and EMAIL fields; custom fields can be added and read back."""
     listed = (await acme.api.get("/api/v4/contacts/custom_fields")).json()
     codes = {f["code"] for f in listed["_embedded"]["custom_fields"]}
     assert {"PHONE", "EMAIL"} <= codes

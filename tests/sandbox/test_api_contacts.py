@@ -1,4 +1,4 @@
-"""Conformance: the sandbox's contacts and companies API (amocrm-api.md §5.1, §5.2)."""
+"""Conformance: the sandbox's contacts and companies API."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def email(value: str) -> dict[str, Any]:
 
 
 async def test_contact_shape_and_phone_email_fields(acme: Connected) -> None:
-    """§5.2: a contact's fields; PHONE/EMAIL written by ``field_code`` + ``enum_code`` come back
+    """A contact's fields; PHONE/EMAIL written by ``field_code`` + ``enum_code`` come back
     with field id, name, code and the enum's id and code."""
     [contact_id] = await add(
         acme.api,
@@ -79,7 +79,7 @@ async def test_contact_shape_and_phone_email_fields(acme: Connected) -> None:
 
 
 async def test_query_matches_phone_and_email_substrings(acme: Connected) -> None:
-    """§5.1/§5.2: contacts' ``query`` also hits phones and e-mails — plain substrings, e-mails
+    """Contacts' ``query`` also hits phones and e-mails — plain substrings, e-mails
     case-insensitively (how amoCRM normalises phones is unverified; the sandbox does not)."""
     ivan, olga = await add(
         acme.api,
@@ -97,7 +97,7 @@ async def test_query_matches_phone_and_email_substrings(acme: Connected) -> None
 
 
 async def test_contacts_with_leads_and_missing(acme: Connected) -> None:
-    """§5.2/§6: ``with=leads`` lists the contact's leads; a missing contact is 204."""
+    """``with=leads`` lists the contact's leads; a missing contact is 204."""
     [contact_id] = await add(acme.api, "contacts", [{"name": "Анна"}])
     [lead_id] = await add(acme.api, "leads", [{"_embedded": {"contacts": [{"id": contact_id}]}}])
     plain = (await acme.api.get(f"/api/v4/contacts/{contact_id}")).json()
@@ -111,7 +111,7 @@ async def test_contacts_with_leads_and_missing(acme: Connected) -> None:
 
 
 async def test_patch_contacts_array_and_one(acme: Connected) -> None:
-    """§5.1: PATCH array / PATCH one; fields not sent keep their values."""
+    """PATCH array / PATCH one; fields not sent keep their values."""
     [contact_id] = await add(
         acme.api, "contacts", [{"name": "Old", "custom_fields_values": [phone("+100")]}]
     )
@@ -128,7 +128,7 @@ async def test_patch_contacts_array_and_one(acme: Connected) -> None:
 
 
 async def test_companies_crud_and_links(acme: Connected) -> None:
-    """§5.1: companies have the same shapes; ``_embedded.companies`` links a contact or lead,
+    """Companies have the same shapes; ``_embedded.companies`` links a contact or lead,
     ``with=leads,contacts`` shows the company's links."""
     [company_id] = await add(acme.api, "companies", [{"name": "ООО Ромашка"}])
     [contact_id] = await add(
@@ -152,7 +152,7 @@ async def test_companies_crud_and_links(acme: Connected) -> None:
 
 
 async def test_unknown_linked_contact_is_a_validation_error(acme: Connected) -> None:
-    """§6: linking a contact that does not exist → NotSupportedChoice at its path."""
+    """Linking a contact that does not exist → NotSupportedChoice at its path."""
     reply = await acme.api.post(
         "/api/v4/leads", json=[{"_embedded": {"contacts": [{"id": 424242}]}}]
     )

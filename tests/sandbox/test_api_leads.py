@@ -1,4 +1,5 @@
-"""Conformance: the sandbox's leads API (amocrm-api.md §5.1, §5.2, §5.3, §6)."""
+"""Conformance: the sandbox's leads API
+(https://www.amocrm.ru/developers/content/crm_platform/leads-api)."""
 
 from __future__ import annotations
 
@@ -44,21 +45,21 @@ async def pipelines(api: httpx.AsyncClient) -> list[dict[str, Any]]:
 
 
 async def test_empty_list_is_204_without_body(acme: Connected) -> None:
-    """§5.2/§6: an empty page is a 204 with no body (never 200 with an empty list)."""
+    """An empty page is a 204 with no body (never 200 with an empty list)."""
     reply = await acme.api.get("/api/v4/leads")
     assert reply.status_code == 204
     assert reply.content == b""
 
 
 async def test_missing_lead_is_204(acme: Connected) -> None:
-    """§6: a missing entity answers 204, never 404."""
+    """A missing entity answers 204, never 404."""
     reply = await acme.api.get("/api/v4/leads/999999999")
     assert reply.status_code == 204
     assert reply.content == b""
 
 
 async def test_lead_shape(acme: Connected) -> None:
-    """§5.2: a lead's fields; hal+json; ``custom_fields_values`` null when empty."""
+    """A lead's fields; hal+json; ``custom_fields_values`` null when empty."""
     [lead_id] = await add_leads(acme.api, [{"name": "Курс", "price": 1500}])
     reply = await acme.api.get(f"/api/v4/leads/{lead_id}")
     assert reply.headers["content-type"].startswith("application/hal+json")
@@ -89,7 +90,7 @@ async def test_lead_shape(acme: Connected) -> None:
 
 
 async def test_pagination_envelope_and_links(acme: Connected) -> None:
-    """§5.2: ``_page`` and ``_links`` (self/next/first/prev), no total, no ``next`` on the last
+    """``_page`` and ``_links`` (self/next/first/prev), no total, no ``next`` on the last
     page; links repeat the request's query."""
     await add_leads(acme.api, [{"name": f"lead {i}"} for i in range(5)])
     first = (await acme.api.get("/api/v4/leads", params={"limit": 2, "query": "lead"})).json()
@@ -117,7 +118,7 @@ async def test_pagination_envelope_and_links(acme: Connected) -> None:
 
 
 async def test_limit_is_capped_at_250(acme: Connected, sandbox: Sandbox) -> None:
-    """§5.1: ``limit`` ≤ 250 — a larger limit is served as 250 (the sandbox's documented choice)."""
+    """``limit`` ≤ 250 — a larger limit is served as 250 (the sandbox's documented choice)."""
     await add_leads(acme.api, [{"name": f"a{i}"} for i in range(250)])
     await add_leads(acme.api, [{"name": f"b{i}"} for i in range(10)])
     body = (await acme.api.get("/api/v4/leads", params={"limit": 1000})).json()
@@ -127,7 +128,7 @@ async def test_limit_is_capped_at_250(acme: Connected, sandbox: Sandbox) -> None
 
 
 async def test_filter_by_id_in_every_spelling(acme: Connected) -> None:
-    """§5.1: ``filter[id]``, ``filter[id][]`` and ``filter[id][0]``."""
+    """``filter[id]``, ``filter[id][]`` and ``filter[id][0]``."""
     ids = await add_leads(acme.api, [{"name": "x"}, {"name": "y"}, {"name": "z"}])
     assert await list_ids(acme.api, {"filter[id]": ids[1]}) == [ids[1]]
     assert await list_ids(acme.api, [("filter[id][]", ids[0]), ("filter[id][]", ids[2])]) == [
@@ -140,7 +141,7 @@ async def test_filter_by_id_in_every_spelling(acme: Connected) -> None:
 
 
 async def test_filter_by_updated_and_created_at_ranges(acme: Connected, sandbox: Sandbox) -> None:
-    """§5.1: ``filter[updated_at|created_at][from|to]`` (unix seconds, inclusive)."""
+    """``filter[updated_at|created_at][from|to]`` (unix seconds, inclusive)."""
     [old] = await add_leads(acme.api, [{"name": "old"}])
     t_old = (await get_lead(acme.api, old))["created_at"]
     sandbox.clock.advance(1000)
@@ -159,7 +160,7 @@ async def test_filter_by_updated_and_created_at_ranges(acme: Connected, sandbox:
 
 
 async def test_filter_by_statuses_and_pipeline(acme: Connected, control: httpx.AsyncClient) -> None:
-    """§5.1: ``filter[statuses][0][pipeline_id]`` + ``[status_id]`` and ``filter[pipeline_id][0]``;
+    """``filter[statuses][0][pipeline_id]`` + ``[status_id]`` and ``filter[pipeline_id][0]``;
     142 exists in every pipeline, so ``pipeline_id`` disambiguates."""
     second = (
         await control.post(
@@ -198,7 +199,7 @@ async def test_filter_by_statuses_and_pipeline(acme: Connected, control: httpx.A
 async def test_filter_responsible_query_and_order(
     acme: Connected, control: httpx.AsyncClient
 ) -> None:
-    """§5.1: ``filter[responsible_user_id]``, ``query`` (name substring, id), ``order[id]=desc``."""
+    """``filter[responsible_user_id]``, ``query`` (name substring, id), ``order[id]=desc``."""
     user = (
         await control.post(f"/_sandbox/accounts/{acme.account_id}/users", json={"name": "Мария"})
     ).json()
@@ -214,7 +215,7 @@ async def test_filter_responsible_query_and_order(
 
 
 async def test_with_contacts_embeds_linked_contacts(acme: Connected) -> None:
-    """§5.2: ``_embedded.contacts[{id, is_main}]`` only with ``with=contacts``."""
+    """``_embedded.contacts[{id, is_main}]`` only with ``with=contacts``."""
     reply = await acme.api.post("/api/v4/contacts", json=[{"name": "A"}, {"name": "B"}])
     a, b = (c["id"] for c in reply.json()["_embedded"]["contacts"])
     [lead_id] = await add_leads(
@@ -233,7 +234,7 @@ async def test_with_contacts_embeds_linked_contacts(acme: Connected) -> None:
 
 
 async def test_request_id_echoes_sent_value_else_index(acme: Connected) -> None:
-    """§5.2: ``request_id`` in the reply echoes the value sent, else the array index as a string."""
+    """``request_id`` in the reply echoes the value sent, else the array index as a string."""
     reply = await acme.api.post(
         "/api/v4/leads", json=[{"name": "a", "request_id": "order-17"}, {"name": "b"}, {}]
     )
@@ -244,7 +245,7 @@ async def test_request_id_echoes_sent_value_else_index(acme: Connected) -> None:
 
 
 async def test_create_defaults_first_open_stage_of_main_pipeline(acme: Connected) -> None:
-    """§5.2: all fields optional; no status → the first stage of the main pipeline (not
+    """All fields optional; no status → the first stage of the main pipeline (not
     "unsorted"); the token's user is responsible."""
     [lead_id] = await add_leads(acme.api, [{}])
     lead = await get_lead(acme.api, lead_id)
@@ -259,7 +260,7 @@ async def test_create_defaults_first_open_stage_of_main_pipeline(acme: Connected
 
 
 async def test_more_than_250_is_422_limit_per_page(acme: Connected) -> None:
-    """§5.3: over 250 entities → 422 with Kommo's body; nothing is created."""
+    """Over 250 entities → 422 with Kommo's body; nothing is created."""
     reply = await acme.api.post("/api/v4/leads", json=[{"name": str(i)} for i in range(251)])
     assert reply.status_code == 422
     assert reply.headers["content-type"].startswith("application/problem+json")
@@ -275,7 +276,7 @@ async def test_more_than_250_is_422_limit_per_page(acme: Connected) -> None:
 
 
 async def test_patch_batch_and_single(acme: Connected, sandbox: Sandbox) -> None:
-    """§5.1: PATCH array → ``_embedded.leads[{id, updated_at, _links}]``; PATCH /{id} → one object."""
+    """PATCH array → ``_embedded.leads[{id, updated_at, _links}]``; PATCH /{id} → one object."""
     a, b = await add_leads(acme.api, [{"name": "a"}, {"name": "b"}])
     sandbox.clock.advance(60)
     reply = await acme.api.patch(
@@ -304,7 +305,7 @@ async def test_patch_batch_and_single(acme: Connected, sandbox: Sandbox) -> None
 
 
 async def test_status_moves_set_and_clear_closed_at(acme: Connected, sandbox: Sandbox) -> None:
-    """§5.2: 142 (won) / 143 (lost) in every pipeline; moving there sets ``closed_at``, moving
+    """142 (won) / 143 (lost) in every pipeline; moving there sets ``closed_at``, moving
     back clears it; an unknown status is a validation error."""
     [lead_id] = await add_leads(acme.api, [{}])
     open_status = (await get_lead(acme.api, lead_id))["status_id"]
@@ -333,7 +334,7 @@ async def test_status_moves_set_and_clear_closed_at(acme: Connected, sandbox: Sa
 
 
 async def test_tags_to_add_and_delete(acme: Connected) -> None:
-    """§5.2: ``tags_to_add`` / ``tags_to_delete`` on update; ``_embedded.tags`` on create."""
+    """``tags_to_add`` / ``tags_to_delete`` on update; ``_embedded.tags`` on create."""
     [lead_id] = await add_leads(acme.api, [{"_embedded": {"tags": [{"name": "сайт"}]}}])
     await acme.api.patch(
         f"/api/v4/leads/{lead_id}", json={"tags_to_add": [{"name": "vip"}, {"name": "Сайт"}]}
@@ -347,7 +348,7 @@ async def test_tags_to_add_and_delete(acme: Connected) -> None:
 
 
 async def test_custom_field_values_round_trip(acme: Connected) -> None:
-    """§5.2: values written by ``field_id`` (enum by ``enum_id``) come back with field name, type
+    """Values written by ``field_id`` (enum by ``enum_id``) come back with field name, type
     and enum code."""
     created = await acme.api.post(
         "/api/v4/leads/custom_fields",
@@ -403,7 +404,7 @@ async def test_custom_field_values_round_trip(acme: Connected) -> None:
 
 
 async def test_complex_reply_is_a_bare_array(acme: Connected) -> None:
-    """§5.2: ``POST /leads/complex`` answers ``[{id, contact_id, company_id, request_id: [...],
+    """``POST /leads/complex`` answers ``[{id, contact_id, company_id, request_id: [...],
     merged: false}]`` and creates and links the contact and company."""
     reply = await acme.api.post(
         "/api/v4/leads/complex",
@@ -446,7 +447,7 @@ async def test_complex_reply_is_a_bare_array(acme: Connected) -> None:
 
 
 async def test_complex_limits(acme: Connected) -> None:
-    """§5.1: ≤ 50 leads per complex request, each with ≤ 1 contact and ≤ 1 company."""
+    """≤ 50 leads per complex request, each with ≤ 1 contact and ≤ 1 company."""
     over = await acme.api.post("/api/v4/leads/complex", json=[{} for _ in range(51)])
     assert over.status_code == 422
     assert over.json()["detail"] == "Limit 50 per page"
@@ -463,7 +464,7 @@ async def test_complex_limits(acme: Connected) -> None:
 
 
 async def test_complex_nested_errors_carry_the_lead_request_id(acme: Connected) -> None:
-    """§6 (captured reply): a nested contact's error path is ``_embedded.contacts.0.…`` under the
+    """Captured from amoCRM: a nested contact's error path is ``_embedded.contacts.0.…`` under the
     lead's ``request_id``."""
     reply = await acme.api.post(
         "/api/v4/leads/complex",

@@ -1,6 +1,6 @@
 """Conformance: a manager's edits in amoCRM's UI (the control API) are what the API then returns,
-and every change — API or UI — is reported to the webhook dispatcher (amocrm-api.md §8.2, §9:
-"API-made changes fire hooks too")."""
+and every change — API or UI — is reported to the webhook dispatcher (in amoCRM,
+API-made changes fire webhooks too)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def ui(acme: Connected, path: str = "") -> str:
 
 async def test_ui_lead_with_contact_shorthand(acme: Connected, control: httpx.AsyncClient) -> None:
     """A lead a manager creates with a contact (name, e-mail, phone) is what the API lists; the
-    contact is found by its e-mail (§5.1 contacts ``query``)."""
+    contact is found by its e-mail (contacts' ``query``)."""
     reply = await control.post(
         ui(acme, "/leads"),
         json={
@@ -87,7 +87,7 @@ async def test_ui_status_change_shows_in_api(acme: Connected, control: httpx.Asy
 async def test_ui_delete_hides_from_api_but_not_from_control(
     acme: Connected, control: httpx.AsyncClient
 ) -> None:
-    """§6: a deleted lead answers 204 on the API; the control API still lists it (is_deleted)."""
+    """A deleted lead answers 204 on the API; the control API still lists it (is_deleted)."""
     lead = (await control.post(ui(acme, "/leads"), json={"name": "Дубль"})).json()
     assert (await control.delete(ui(acme, f"/leads/{lead['id']}"))).status_code == 204
     assert (await acme.api.get(f"/api/v4/leads/{lead['id']}")).status_code == 204
@@ -144,7 +144,7 @@ async def test_ui_errors(acme: Connected, control: httpx.AsyncClient) -> None:
 async def test_api_writes_report_changes_in_webhook_terms(
     acme: Connected, control: httpx.AsyncClient, recorder: Recorder
 ) -> None:
-    """§8.2: every API create/update is reported with a snapshot in webhook terms; a status move
+    """Every API create/update is reported with a snapshot in webhook terms; a status move
     carries ``old_status_id``, a new responsible ``old_responsible_user_id``."""
     contact_id = (
         await acme.api.post(
@@ -228,7 +228,7 @@ async def test_api_writes_report_changes_in_webhook_terms(
 async def test_complex_notes_and_ui_changes_are_reported(
     acme: Connected, control: httpx.AsyncClient, recorder: Recorder
 ) -> None:
-    """§8.2: complex adds report the lead, its contact and its company; notes report ``note``;
+    """Complex adds report the lead, its contact and its company; notes report ``note``;
     UI edits report like API writes, and a UI delete reports ``delete``."""
     [result] = (
         await acme.api.post(
@@ -295,8 +295,8 @@ async def hooked(signing_key: rsa.RSAPrivateKey) -> AsyncIterator[tuple[Sandbox,
 
 
 async def test_ui_and_api_changes_fire_webhooks(hooked: tuple[Sandbox, Inbox]) -> None:
-    """§9: API-made and UI-made changes both fire the subscribed webhooks, with amoCRM's form keys
-    (§8.2: ``leads[status][0][old_status_id]``, ``contacts[add][0][linked_leads_id][ID][ID]``)."""
+    """API-made and UI-made changes both fire the subscribed webhooks, with amoCRM's form keys
+    (``leads[status][0][old_status_id]``, ``contacts[add][0][linked_leads_id][ID][ID]``)."""
     sandbox, inbox = hooked
     app = create_sandbox_app(sandbox=sandbox)
     account = sandbox.state.create_account("acme")

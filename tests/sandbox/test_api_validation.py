@@ -1,4 +1,5 @@
-"""Conformance: malformed requests get amoCRM's 4xx bodies, never a 500 (amocrm-api.md §6)."""
+"""Conformance: malformed requests get amoCRM's 4xx bodies, never a 500
+(https://www.amocrm.ru/developers/content/crm_platform/error-codes)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def errors(reply: httpx.Response) -> list[dict[str, Any]]:
 
 
 async def test_unknown_custom_field_id(acme: Connected) -> None:
-    """§6: an unknown ``field_id`` → ``NotSupportedChoice`` at ``custom_fields_values.0.field_id``
+    """An unknown ``field_id`` → ``NotSupportedChoice`` at ``custom_fields_values.0.field_id``
     inside amoCRM's validation envelope (captured reply)."""
     reply = await acme.api.post(
         "/api/v4/leads",
@@ -62,7 +63,7 @@ async def test_unknown_custom_field_id(acme: Connected) -> None:
 
 
 async def test_unknown_select_option(acme: Connected) -> None:
-    """§6 (captured): a select value that is not an option → NotSupportedChoice at
+    """As captured from amoCRM: a select value that is not an option → NotSupportedChoice at
     ``custom_fields_values.N.values.0.value``."""
     field = (
         await acme.api.post(
@@ -80,7 +81,7 @@ async def test_unknown_select_option(acme: Connected) -> None:
 
 
 async def test_wrong_types_and_unknown_fields(acme: Connected) -> None:
-    """§6: wrong JSON types → ``InvalidType`` (``This value should be of type int.``, captured);
+    """Wrong JSON types → ``InvalidType`` (``This value should be of type int.``, captured);
     unknown fields → ``ExtraFields``; each under its item's ``request_id``."""
     reply = await acme.api.post(
         "/api/v4/leads",
@@ -127,7 +128,7 @@ async def test_wrong_types_and_unknown_fields(acme: Connected) -> None:
 
 
 async def test_unknown_user_and_negative_price(acme: Connected) -> None:
-    """§6: references to unknown users → NotSupportedChoice; out-of-range numbers → OutOfRange."""
+    """References to unknown users → NotSupportedChoice; out-of-range numbers → OutOfRange."""
     reply = await acme.api.post("/api/v4/leads", json=[{"responsible_user_id": 1, "price": -1}])
     [group] = errors(reply)
     assert {(e["code"], e["path"]) for e in group["errors"]} == {
@@ -151,7 +152,7 @@ async def test_unknown_user_and_negative_price(acme: Connected) -> None:
     ],
 )
 async def test_empty_and_malformed_bodies(acme: Connected, body: bytes, detail: str) -> None:
-    """§6: an empty body is 400 ``Request data can not be empty``; malformed JSON (also what PHP's
+    """An empty body is 400 ``Request data can not be empty``; malformed JSON (also what PHP's
     json_decode refuses: NaN, lone surrogates, absurd nesting) is a 400 problem."""
     reply = await acme.api.post(
         "/api/v4/leads", content=body, headers={"content-type": "application/json"}
@@ -166,7 +167,7 @@ async def test_empty_and_malformed_bodies(acme: Connected, body: bytes, detail: 
 
 
 async def test_array_required(acme: Connected) -> None:
-    """§5.1: ``POST /leads`` takes a JSON array; an object is a validation error."""
+    """``POST /leads`` takes a JSON array; an object is a validation error."""
     [group] = errors(await acme.api.post("/api/v4/leads", json={"name": "x"}))
     assert group["errors"][0]["code"] == "InvalidType"
     assert group["errors"][0]["detail"] == "This value should be of type array."
@@ -184,14 +185,14 @@ async def test_array_required(acme: Connected) -> None:
     ],
 )
 async def test_unknown_route_is_404_cannot(acme: Connected, method: str, path: str) -> None:
-    """§6: an unknown route is a 404 ``Cannot {METHOD} {path}``."""
+    """An unknown route is a 404 ``Cannot {METHOD} {path}``."""
     reply = await acme.api.request(method, path)
     assert reply.status_code == 404
     assert reply.json()["detail"] == f"Cannot {method} {path}"
 
 
 async def test_name_length_limit_by_setting(acme: Connected, control: httpx.AsyncClient) -> None:
-    """§5.2 (unverified name limits → setting ``name_max_length``): too long → OutOfRange."""
+    """amoCRM documents no name limit; a name past ``name_max_length`` (if set) → OutOfRange."""
     await control.patch("/_sandbox/config", json={"name_max_length": 5})
     [group] = errors(await acme.api.post("/api/v4/contacts", json=[{"name": "Константин"}]))
     assert group["errors"][0]["code"] == "OutOfRange"
@@ -389,7 +390,7 @@ def requests(world: World, noisy: bool) -> st.SearchStrategy[tuple[Target, bytes
 
 @pytest.mark.parametrize("noisy", [True, False], ids=["random", "plausible"])
 def test_random_bodies_never_answer_5xx(signing_key: rsa.RSAPrivateKey, noisy: bool) -> None:
-    """§6: whatever is POSTed or PATCHed to leads and contacts (random JSON, non-JSON, or
+    """Whatever is POSTed or PATCHed to leads and contacts (random JSON, non-JSON, or
     well-formed items with wrong references), the answer is a 2xx or an amoCRM-shaped 4xx —
     never a 5xx."""
     sandbox = Sandbox(

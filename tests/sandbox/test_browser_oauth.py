@@ -1,4 +1,4 @@
-"""End to end in a real browser: the consent page and the website button (amocrm-api.md §2.1, §3).
+"""End to end in a real browser: the consent page and the website button.
 
 Debian's headless Chromium (``/usr/bin/chromium``) is driven by Playwright; the sandbox and a tiny
 integrator site (the page with the button, its redirect_uri and secrets_uri) run as real uvicorn
@@ -213,7 +213,7 @@ def exchange(sites: Sites, client_id: str, client_secret: str, code: str, refere
 
 
 def test_consent_page_allow_and_deny(page: Any, sites: Sites) -> None:
-    """§2.1: Allow lands on redirect_uri with code, referer, state, platform, client_id (and the
+    """Allow lands on redirect_uri with code, referer, state, platform, client_id (and the
     code exchanges); Deny lands there with error=access_denied and the state."""
     integration = sites.sandbox.state.create_integration("Shop", f"{sites.shop_url}/callback")
     consent = f"{sites.sandbox_url}/oauth?" + urlencode(
@@ -241,7 +241,7 @@ def test_consent_page_allow_and_deny(page: Any, sites: Sites) -> None:
 
 
 def test_metadata_button_popup_posts_secrets_before_the_redirect(page: Any, sites: Sites) -> None:
-    """§3: the button opens a 750×580 consent popup; Allow creates the integration, POSTs its
+    """The button opens a 750×580 consent popup; Allow creates the integration, POSTs its
     secrets to secrets_uri, and only then the main window lands on redirect_uri with the code."""
     shop = f"{sites.shop_url}/shop?" + urlencode({"own": sites.shop_url})
     page.goto(shop)
@@ -276,7 +276,7 @@ def test_metadata_button_popup_posts_secrets_before_the_redirect(page: Any, site
 
 
 def test_post_message_deny_calls_the_error_callback(page: Any, sites: Sites) -> None:
-    """§2.1/§3: mode=post_message: the popup posts to window.opener; a refusal reaches the
+    """mode=post_message: the popup posts to window.opener; a refusal reaches the
     page's data-error-callback as {client_id, error}."""
     integration = sites.sandbox.state.create_integration("Shop", f"{sites.shop_url}/callback")
     page.goto(

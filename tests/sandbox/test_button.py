@@ -1,4 +1,5 @@
-"""Conformance: the website button and auto-created integrations (amocrm-api.md §3).
+"""Conformance: the website button and auto-created integrations
+(https://www.amocrm.ru/developers/content/oauth/button).
 
 The integrator's ``secrets_uri`` is an ``httpx.MockTransport`` that records what arrives, when, and
 what the sandbox had done by then.
@@ -110,7 +111,7 @@ def query_of(url: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("path", ["/auth/button.min.js", "/auth/button.js"])
 async def test_button_script_is_served(control: httpx.AsyncClient, path: str) -> None:
-    """§3: amoCRM's /auth/button.min.js and Kommo's /auth/button.js render the button for
+    """amoCRM's /auth/button.min.js and Kommo's /auth/button.js render the button for
     `amocrm_oauth` / `kommo_oauth` script tags and open a 750×580 popup on …/oauth/."""
     reply = await control.get(path)
     assert reply.status_code == 200
@@ -131,7 +132,7 @@ async def test_button_script_is_served(control: httpx.AsyncClient, path: str) ->
 async def test_metadata_consent_page_offers_to_create_the_integration(
     control: httpx.AsyncClient, account: dict[str, Any]
 ) -> None:
-    """§3: a metadata button's consent page describes the integration it will create."""
+    """A metadata button's consent page describes the integration it will create."""
     page = await control.get("/oauth/", params=metadata())
     assert page.status_code == 200
     assert "Установить интеграцию «Shop &lt;sync&gt;»" in page.text
@@ -154,7 +155,7 @@ async def test_metadata_consent_page_offers_to_create_the_integration(
 async def test_metadata_must_be_valid(
     control: httpx.AsyncClient, overrides: dict[str, Any], message: str
 ) -> None:
-    """§3: data-redirect_uri and data-secrets_uri are URLs, data-scopes only crm and
+    """data-redirect_uri and data-secrets_uri are URLs, data-scopes only crm and
     notifications; a broken button gets an error page, not a consent form."""
     page = await control.get("/oauth/", params=metadata(**overrides))
     assert page.status_code == 400
@@ -163,7 +164,7 @@ async def test_metadata_must_be_valid(
 
 
 async def test_https_secrets_uri_required_by_setting(control: httpx.AsyncClient) -> None:
-    """§3: amoCRM requires https for data-secrets_uri; the sandbox does when the switch is on."""
+    """amoCRM requires https for data-secrets_uri; the sandbox does when the switch is on."""
     plain = metadata(secrets_uri="http://shop.example/secrets")
     assert (await control.get("/oauth/", params=plain)).status_code == 200
     await control.patch("/_sandbox/config", json={"secrets_uri_require_https": True})
@@ -182,7 +183,7 @@ async def test_allow_posts_secrets_before_redirecting_with_code(
     sandbox: Sandbox,
     sandbox_app: Any,
 ) -> None:
-    """§3: on consent amoCRM creates the integration, POSTs {client_id, client_secret, state} as
+    """On consent amoCRM creates the integration, POSTs {client_id, client_secret, state} as
     JSON to secrets_uri — always before — the browser lands on redirect_uri with code, referer,
     state, platform and client_id; the code exchanges with the new credentials."""
     reply = await open_and_answer(control, account)
@@ -235,7 +236,7 @@ async def test_allow_posts_secrets_before_redirecting_with_code(
 async def test_secrets_state_is_null_when_absent(
     control: httpx.AsyncClient, account: dict[str, Any], integrator: Integrator
 ) -> None:
-    """§3: `state` is sent as null when the button had no data-state."""
+    """`state` is sent as null when the button had no data-state."""
     reply = await open_and_answer(control, account, state=None)
     assert reply.status_code == 303
     assert integrator.received[0]["json"]["state"] is None
@@ -250,7 +251,7 @@ async def test_any_reply_but_200_aborts_the_install(
     sandbox: Sandbox,
     status: int,
 ) -> None:
-    """§3: a reply other than exactly 200 makes the popup fail ("… (Code 204)") with no redirect;
+    """A reply other than exactly 200 makes the popup fail ("… (Code 204)") with no redirect;
     the new integration is gone and no code exists."""
     integrator.reply = status
     reply = await open_and_answer(control, account)
@@ -278,7 +279,7 @@ async def test_unreachable_secrets_uri_aborts_the_install(
     failure: Exception,
     shown: str,
 ) -> None:
-    """§3: a timeout or connection error is a failed secrets POST too."""
+    """A timeout or connection error is a failed secrets POST too."""
     integrator.reply = failure
     reply = await open_and_answer(control, account)
     assert reply.status_code == 502
@@ -289,7 +290,7 @@ async def test_unreachable_secrets_uri_aborts_the_install(
 async def test_deny_creates_nothing(
     control: httpx.AsyncClient, account: dict[str, Any], integrator: Integrator, sandbox: Sandbox
 ) -> None:
-    """§3: refusing a metadata button creates no integration and sends no secrets."""
+    """Refusing a metadata button creates no integration and sends no secrets."""
     reply = await open_and_answer(control, account, decision="deny")
     assert reply.status_code == 303
     assert query_of(reply.headers["location"]) == {"error": "access_denied", "state": "st-1"}
@@ -300,7 +301,7 @@ async def test_deny_creates_nothing(
 async def test_post_message_mode_reports_the_new_client_id(
     control: httpx.AsyncClient, account: dict[str, Any], integrator: Integrator
 ) -> None:
-    """§2.1/§3: in post_message mode the popup posts the grant with the new integration's id."""
+    """In post_message mode the popup posts the grant with the new integration's id."""
     reply = await open_and_answer(control, account, mode="post_message")
     assert reply.status_code == 200
     found = re.search(r'id="finish-data">(.*?)</script>', reply.text, re.S)
@@ -313,7 +314,7 @@ async def test_post_message_mode_reports_the_new_client_id(
 async def test_button_integration_belongs_to_its_account(
     control: httpx.AsyncClient, account: dict[str, Any], integrator: Integrator
 ) -> None:
-    """§3: the integration is created in the account that consented; its consent page offers only
+    """The integration is created in the account that consented; its consent page offers only
     that account."""
     await control.post("/_sandbox/accounts", json={"subdomain": "other"})
     await open_and_answer(control, account)
@@ -371,7 +372,7 @@ async def test_control_button_install(
 async def test_control_button_install_failure_is_502_and_installs_nothing(
     control: httpx.AsyncClient, account: dict[str, Any], integrator: Integrator
 ) -> None:
-    """§3: a failed secrets POST → 502 {detail} and nothing installed."""
+    """A failed secrets POST → 502 {detail} and nothing installed."""
     integrator.reply = 204
     reply = await control.post(
         "/_sandbox/button-install",

@@ -1,5 +1,5 @@
 """The control API under ``/_sandbox/`` (docs/sandbox.md "Control API"): set-up, clock, logs,
-config. Account shapes follow amocrm-api.md §5.2 (every pipeline has unsorted, 142 and 143)."""
+config. Account shapes follow amoCRM's (every pipeline has unsorted, 142 and 143)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ async def test_health(control: httpx.AsyncClient) -> None:
 
 
 async def test_account_has_a_default_pipeline_and_an_admin(control: httpx.AsyncClient) -> None:
-    """§5.2: the main pipeline has "unsorted" (type 1), its stages, then 142 (won) and 143 (lost)."""
+    """The main pipeline has "unsorted" (type 1), its stages, then 142 (won) and 143 (lost)."""
     account = await new_account(control, name="ACME", admin_name="Анна")
     assert account["subdomain"] == "acme"
     assert account["base_domain"] == "amocrm.ru"
@@ -132,7 +132,7 @@ async def test_show_and_list_accounts(control: httpx.AsyncClient) -> None:
 
 
 async def test_create_pipeline(control: httpx.AsyncClient) -> None:
-    """§5.2: a new pipeline gets unsorted + the named stages + 142/143 (same ids everywhere)."""
+    """A new pipeline gets unsorted + the named stages + 142/143 (same ids everywhere)."""
     account = await new_account(control)
     reply = await control.post(
         f"/_sandbox/accounts/{account['id']}/pipelines",
@@ -158,14 +158,14 @@ async def test_create_pipeline(control: httpx.AsyncClient) -> None:
     ],
 )
 async def test_bad_pipeline(control: httpx.AsyncClient, body: dict[str, Any]) -> None:
-    """§5.2: ≤100 statuses per pipeline; names required."""
+    """≤100 statuses per pipeline; names required."""
     account = await new_account(control)
     reply = await control.post(f"/_sandbox/accounts/{account['id']}/pipelines", json=body)
     assert reply.status_code == 422
 
 
 async def test_at_most_50_pipelines(control: httpx.AsyncClient) -> None:
-    """§5.2: ≤50 pipelines per account."""
+    """≤50 pipelines per account."""
     account = await new_account(control)
     url = f"/_sandbox/accounts/{account['id']}/pipelines"
     for i in range(49):
@@ -204,7 +204,7 @@ async def test_integrations(control: httpx.AsyncClient) -> None:
 
 
 async def test_long_lived_token_bounds(control: httpx.AsyncClient) -> None:
-    """§2.4: long-lived tokens live 1 day to 5 years."""
+    """Long-lived tokens live 1 day to 5 years."""
     account = await new_account(control)
     client_id = (
         await control.post(
@@ -228,7 +228,7 @@ async def test_long_lived_token_bounds(control: httpx.AsyncClient) -> None:
 
 
 async def test_clock_advance_and_freeze(control: httpx.AsyncClient) -> None:
-    """Sandbox time moves only when told while frozen; advancing expires tokens (§2.2)."""
+    """Sandbox time moves only when told while frozen; advancing expires tokens."""
     assert (await control.get("/_sandbox/clock")).json() == {"now": 1_700_000_000, "frozen": True}
     moved = await control.post("/_sandbox/clock", json={"advance_seconds": 90})
     assert moved.json() == {"now": 1_700_000_090, "frozen": True}
@@ -243,7 +243,7 @@ async def test_clock_advance_and_freeze(control: httpx.AsyncClient) -> None:
 
 
 async def test_advancing_expires_tokens(control: httpx.AsyncClient, sandbox_app: Any) -> None:
-    """§2.4: a long-lived token stops working at its expiry in sandbox time."""
+    """A long-lived token stops working at its expiry in sandbox time."""
     account = await new_account(control)
     _, api = await api_client(control, sandbox_app, account)
     async with api:
@@ -458,7 +458,7 @@ def test_route_index_picks_what_the_linear_router_picks(sandbox_app: Any) -> Non
 
 
 async def test_method_not_on_a_route_is_an_amocrm_404(control: httpx.AsyncClient) -> None:
-    """§6: an unknown route or method answers amoCRM's `Cannot {METHOD} {path}` 404."""
+    """An unknown route or method answers amoCRM's `Cannot {METHOD} {path}` 404."""
     reply = await control.put("/_sandbox/health")
     assert reply.status_code == 404
     assert reply.json()["detail"] == "Cannot PUT /_sandbox/health"

@@ -1,6 +1,5 @@
 """Conformance: fault injection makes the sandbox fail as amoCRM and the network do
-(amocrm-api.md §6 error bodies, §7 429/403, §9 "Fault injection: 5xx, 504, timeouts, 429 bursts,
-revoked grants")."""
+(amoCRM's error bodies, 429s and 403 bans; 5xx, 504s, timeouts, 429 bursts and revoked grants)."""
 
 from __future__ import annotations
 
@@ -76,7 +75,7 @@ async def env(control: httpx.AsyncClient, sandbox_app: Any) -> AsyncIterator[Env
 
 
 async def test_error_500_is_err_internal_server(env: Env) -> None:
-    """§6: a 500 is `{"title":"ErrInternalServer",…,"trace_id"}`."""
+    """A 500 is `{"title":"ErrInternalServer",…,"trace_id"}`."""
     _, api = await env.client()
     await env.fault(kind="error", count=1)
     reply = await api.get(PATH)
@@ -91,7 +90,7 @@ async def test_error_500_is_err_internal_server(env: Env) -> None:
 
 @pytest.mark.parametrize("status", [502, 504])
 async def test_gateway_errors_are_nginx_html(env: Env, status: int) -> None:
-    """§6: gateway errors may be nginx HTML pages rather than JSON."""
+    """Gateway errors may be nginx HTML pages rather than JSON."""
     _, api = await env.client()
     await env.fault(kind="error", status=status)
     reply = await api.get(PATH)
@@ -102,7 +101,7 @@ async def test_gateway_errors_are_nginx_html(env: Env, status: int) -> None:
 
 
 async def test_other_statuses_are_problem_json(env: Env) -> None:
-    """§6: other injected errors are amoCRM's problem JSON."""
+    """Other injected errors are amoCRM's problem JSON."""
     _, api = await env.client()
     await env.fault(kind="error", status=503)
     reply = await api.get(PATH)
@@ -112,7 +111,7 @@ async def test_other_statuses_are_problem_json(env: Env) -> None:
 
 
 async def test_timeout_holds_then_504(env: Env) -> None:
-    """§9: a timeout holds the request `delay` seconds, then answers a 504 HTML page."""
+    """A timeout holds the request `delay` seconds, then answers a 504 HTML page."""
     _, api = await env.client()
     await env.fault(kind="timeout", delay=0.05)
     loop = asyncio.get_running_loop()
@@ -146,7 +145,7 @@ async def test_slow_serves_normally_after_a_delay(env: Env) -> None:
 
 
 async def test_drop_breaks_the_connection(env: Env) -> None:
-    """§9: a dropped connection reaches the client as httpx.RemoteProtocolError."""
+    """A dropped connection reaches the client as httpx.RemoteProtocolError."""
     _, api = await env.client()
     await env.fault(kind="drop", count=1)
     with pytest.raises(httpx.RemoteProtocolError):
@@ -155,7 +154,7 @@ async def test_drop_breaks_the_connection(env: Env) -> None:
 
 
 async def test_rate_limit_burst(env: Env) -> None:
-    """§7, §9: a 429 burst of `count` answers, exactly like the limiter's (rate limiting off)."""
+    """A 429 burst of `count` answers, exactly like the limiter's (rate limiting off)."""
     _, api = await env.client()
     await env.fault(kind="rate_limit", count=3)
     replies = [await api.get(PATH) for _ in range(4)]
@@ -165,7 +164,7 @@ async def test_rate_limit_burst(env: Env) -> None:
 
 
 async def test_rate_limit_faults_count_towards_a_ban(env: Env) -> None:
-    """§7: injected 429s count as violations: enough of them ban the account (403)."""
+    """Injected 429s count as violations: enough of them ban the account (403)."""
     await env.control.patch("/_sandbox/config", json={"ban_after_violations": 2})
     account, api = await env.client()
     await env.fault(kind="rate_limit", count=2)
@@ -177,7 +176,7 @@ async def test_rate_limit_faults_count_towards_a_ban(env: Env) -> None:
 
 
 async def test_revoke_kills_the_grant(env: Env) -> None:
-    """§2.2, §9: a revoked grant answers 401 and its token stays dead afterwards."""
+    """A revoked grant answers 401 and its token stays dead afterwards."""
     _, api = await env.client()
     await env.fault(kind="revoke", count=1)
     first = await api.get(PATH)
@@ -254,7 +253,8 @@ async def test_probability(env: Env) -> None:
     ],
 )
 async def test_after_phase_write_happened(env: Env, rule: dict[str, Any], expected: int) -> None:
-    """§9, STYLE §4: with phase "after" the create happened but the client sees a failure."""
+    """With phase "after" the create happened but the client sees a failure (why creates carry
+    idempotency keys)."""
     _, api = await env.client()
     await env.fault(**rule, phase="after", method="POST", count=1)
     reply = await api.post(PATH, json=HOOK)

@@ -1,4 +1,5 @@
-"""Conformance: the consent page ``/oauth`` and the redirect back (amocrm-api.md §2.1).
+"""Conformance: the consent page ``/oauth`` and the redirect back
+(https://www.amocrm.ru/developers/content/oauth/step-by-step).
 
 The page is driven here as a browser without JavaScript would: GET the page, POST its form. The
 script-driven modes (popup, post_message) are checked by what the finish page hands its script,
@@ -101,7 +102,7 @@ def finish_data(text: str) -> dict[str, Any]:
 
 
 async def test_consent_page_shows_integration_scopes_and_every_account(world: World) -> None:
-    """§2.1: the authorize page names the integration and its scopes, lets the user pick the
+    """The authorize page names the integration and its scopes, lets the user pick the
     account, and offers Allow and Deny."""
     page = await world.open()
     assert page.status == 200
@@ -115,7 +116,7 @@ async def test_consent_page_shows_integration_scopes_and_every_account(world: Wo
 
 @pytest.mark.parametrize("path", ["/oauth", "/oauth/"])
 async def test_both_paths_and_unknown_params_are_accepted(world: World, path: str) -> None:
-    """§2.1: the sandbox accepts /oauth and /oauth/ and ignores unknown params (Kommo's origin,
+    """The sandbox accepts /oauth and /oauth/ and ignores unknown params (Kommo's origin,
     response_type, a stray redirect_uri, ...)."""
     page = await world.open(path, state="x", mode="popup", response_type="code", foo="bar")
     assert page.status == 200
@@ -134,7 +135,7 @@ async def test_account_is_preselected_by_id_or_subdomain(world: World) -> None:
 
 
 async def test_unknown_client_id_is_an_html_error_page(world: World) -> None:
-    """§2.1: an unknown client_id gets an error page (4xx HTML), not a consent form."""
+    """An unknown client_id gets an error page (4xx HTML), not a consent form."""
     page = await world.open(client_id="00000000-0000-4000-8000-000000000000")
     assert 400 <= page.status < 500
     assert "<html" in page.text
@@ -145,8 +146,8 @@ async def test_unknown_client_id_is_an_html_error_page(world: World) -> None:
 
 
 async def test_account_host_form_is_404_unless_switched_on(world: World) -> None:
-    """§2.1 (unverified account-host form): `{sub}.amocrm.ru/oauth` is served only by setting;
-    then it is fixed to that account."""
+    """amoCRM documents only the `www` authorize page: `{sub}.amocrm.ru/oauth` is served only by
+    setting; then it is fixed to that account."""
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=world.sandbox_app), base_url="https://acme.amocrm.ru"
     ) as acme:
@@ -171,7 +172,7 @@ async def test_account_host_form_is_404_unless_switched_on(world: World) -> None
 
 
 async def test_www_host_serves_the_page(world: World) -> None:
-    """§1: the authorize page lives on www.amocrm.ru / www.kommo.com."""
+    """The authorize page lives on www.amocrm.ru / www.kommo.com."""
     for host in ("www.amocrm.ru", "www.kommo.com"):
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=world.sandbox_app), base_url=f"https://{host}"
@@ -184,7 +185,7 @@ async def test_www_host_serves_the_page(world: World) -> None:
 
 
 async def test_allow_redirects_with_code_referer_state_platform_client_id(world: World) -> None:
-    """§2.1: Allow lands on redirect_uri with code, referer (bare host), state (verbatim),
+    """Allow lands on redirect_uri with code, referer (bare host), state (verbatim),
     platform and client_id; the code exchanges on the referer host."""
     state = "a b&c=d/ü"
     page = await world.open(state=state)
@@ -216,7 +217,7 @@ async def test_allow_redirects_with_code_referer_state_platform_client_id(world:
 
 
 async def test_state_is_absent_when_not_sent(world: World) -> None:
-    """§2.1: `state` is absent from the redirect when the authorize URL had none."""
+    """`state` is absent from the redirect when the authorize URL had none."""
     reply = await world.answer(await world.open(), "allow")
     assert "state" not in query_of(reply.headers["location"])
 
@@ -228,7 +229,7 @@ async def test_state_is_absent_when_not_sent(world: World) -> None:
 async def test_platform_follows_the_account_domain(
     world: World, account: str, platform: str, referer: str
 ) -> None:
-    """§2.1: platform 1 = amocrm.ru, 2 = amocrm.com / kommo.com; referer is the account's host."""
+    """`platform` 1 = amocrm.ru, 2 = amocrm.com / kommo.com; referer is the account's host."""
     reply = await world.answer(await world.open(state="s"), "allow", account)
     query = query_of(reply.headers["location"])
     assert query["platform"] == platform
@@ -236,7 +237,7 @@ async def test_platform_follows_the_account_domain(
 
 
 async def test_deny_redirects_with_access_denied(world: World, sandbox: Sandbox) -> None:
-    """§2.1: refusal lands on redirect_uri with error=access_denied&state=…, and no code exists."""
+    """Refusal lands on redirect_uri with error=access_denied&state=…, and no code exists."""
     reply = await world.answer(await world.open(state="st8"), "deny", account=None)
     assert reply.status_code == 303
     query = query_of(reply.headers["location"])
@@ -297,7 +298,7 @@ async def test_no_accounts_disables_allow(control: httpx.AsyncClient) -> None:
 
 
 async def test_popup_mode_hands_the_redirect_to_the_opener(world: World) -> None:
-    """§2.1 mode=popup: the main window (the opener) is redirected; the popup closes."""
+    """mode=popup: the main window (the opener) is redirected; the popup closes."""
     reply = await world.answer(await world.open(state="p", mode="popup"), "allow")
     assert reply.status_code == 200
     data = finish_data(reply.text)
@@ -310,7 +311,7 @@ async def test_popup_mode_hands_the_redirect_to_the_opener(world: World) -> None
 
 
 async def test_post_message_mode_posts_the_grant_to_the_opener(world: World) -> None:
-    """§2.1 mode=post_message: the popup posts {code, referer, state, platform, client_id} to
+    """mode=post_message: the popup posts {code, referer, state, platform, client_id} to
     window.opener (target: the origin param, else the redirect_uri's origin)."""
     reply = await world.answer(await world.open(state="pm", mode="post_message"), "allow")
     data = finish_data(reply.text)
@@ -334,7 +335,7 @@ async def test_post_message_mode_posts_the_grant_to_the_opener(world: World) -> 
 
 
 async def test_popup_deny_notifies_the_error_callback(world: World) -> None:
-    """§3: with data-error-callback the button's popup reports a refusal to the opener (which
+    """With data-error-callback the button's popup reports a refusal to the opener (which
     calls the callback with {client_id, error}) instead of navigating it."""
     page = await world.open(mode="popup", error_callback="1", state="e")
     data = finish_data((await world.answer(page, "deny", None)).text)
@@ -346,7 +347,7 @@ async def test_popup_deny_notifies_the_error_callback(world: World) -> None:
 
 
 async def test_unknown_mode_is_plain_navigation(world: World) -> None:
-    """§2.1: modes are popup and post_message; anything else navigates like no mode at all."""
+    """Modes are popup and post_message; anything else navigates like no mode at all."""
     reply = await world.answer(await world.open(mode="iframe"), "allow")
     assert reply.status_code == 303
 

@@ -1,5 +1,5 @@
 """Property: nothing a client sends to the token endpoint makes the sandbox answer 500
-(amocrm-api.md §2.3: "400 = bad data, details in body")."""
+(amoCRM: "400 = bad data, details in body")."""
 
 from __future__ import annotations
 

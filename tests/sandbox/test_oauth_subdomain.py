@@ -1,4 +1,4 @@
-"""Conformance: subdomain discovery ``GET /oauth2/account/current/subdomain`` (amocrm-api.md §1)."""
+"""Conformance: subdomain discovery ``GET /oauth2/account/current/subdomain``."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ async def refresh(acme: Connected, refresh_token: str) -> httpx.Response:
 async def test_live_refresh_token_names_its_account(
     acme: Connected, sandbox_app: Any, host: str
 ) -> None:
-    """§1: `GET https://{api_domain}/oauth2/account/current/subdomain` with X-Refresh-Token →
+    """`GET https://{api_domain}/oauth2/account/current/subdomain` with X-Refresh-Token →
     {"id", "subdomain", "domain", "top_level_domain"} (domain is the account host, as the PHP SDK
     sets it as the account base domain)."""
     reply = await discover(sandbox_app, host, acme.tokens["refresh_token"])
@@ -54,7 +54,7 @@ async def test_live_refresh_token_names_its_account(
 async def test_kommo_account_is_found_on_its_api_domain(
     control: httpx.AsyncClient, sandbox_app: Any
 ) -> None:
-    """§1: Kommo accounts live on *.kommo.com; discovery reports that host."""
+    """Kommo accounts live on *.kommo.com; discovery reports that host."""
     globex = await connect(control, sandbox_app, "globex", base_domain="kommo.com")
     try:
         reply = await discover(sandbox_app, "api-c.kommo.com", globex.tokens["refresh_token"])
@@ -65,7 +65,7 @@ async def test_kommo_account_is_found_on_its_api_domain(
 
 
 async def test_dead_refresh_tokens_are_401(acme: Connected, sandbox_app: Any) -> None:
-    """§1: only a live refresh token is answered: a spent, unknown or missing one is 401."""
+    """Only a live refresh token is answered: a spent, unknown or missing one is 401."""
     old = acme.tokens["refresh_token"]
     assert (await refresh(acme, old)).status_code == 200
     for token in (old, "def50200nonsense", "", None):
@@ -77,7 +77,7 @@ async def test_dead_refresh_tokens_are_401(acme: Connected, sandbox_app: Any) ->
 async def test_expired_refresh_token_is_401(
     acme: Connected, sandbox_app: Any, control: httpx.AsyncClient
 ) -> None:
-    """§2.2: a refresh token dies after 3 months; discovery no longer knows it."""
+    """A refresh token dies after 3 months; discovery no longer knows it."""
     await control.post("/_sandbox/clock", json={"advance_seconds": 90 * 86400 + 1})
     reply = await discover(sandbox_app, "api-b.amocrm.ru", acme.tokens["refresh_token"])
     assert reply.status_code == 401
@@ -87,7 +87,7 @@ async def test_expired_refresh_token_is_401(
 async def test_not_served_on_account_or_www_hosts(
     acme: Connected, sandbox_app: Any, host: str
 ) -> None:
-    """§1: discovery lives on the JWT's api_domain (api-b/api-c), not on account hosts or www."""
+    """Discovery lives on the JWT's api_domain (api-b/api-c), not on account hosts or www."""
     reply = await discover(sandbox_app, host, acme.tokens["refresh_token"])
     assert reply.status_code == 404
 

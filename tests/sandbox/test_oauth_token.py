@@ -1,4 +1,5 @@
-"""Conformance: the sandbox's token endpoint ``POST /oauth2/access_token`` (amocrm-api.md §2.2–§2.4).
+"""Conformance: the sandbox's token endpoint ``POST /oauth2/access_token``
+(https://www.amocrm.ru/developers/content/oauth/step-by-step).
 
 Each test names the fact it checks. Tokens are checked the way the API layer checks them:
 ``sandbox.tokens.authenticate`` (the API routes are not this module's subject).
@@ -122,7 +123,7 @@ def assert_oauth_problem(reply: httpx.Response, status: int, hint: str | None) -
 
 
 async def test_code_exchange_returns_a_bearer_pair(world: World, sandbox: Sandbox) -> None:
-    """§2.2: the reply is {token_type: Bearer, expires_in: 86400, access_token: JWT,
+    """The reply is {token_type: Bearer, expires_in: 86400, access_token: JWT,
     refresh_token: def502…} and nothing else by default (server_time only by setting)."""
     reply = await world.exchange(await world.code())
     assert reply.status_code == 200
@@ -139,7 +140,7 @@ async def test_code_exchange_returns_a_bearer_pair(world: World, sandbox: Sandbo
 
 
 async def test_form_encoded_body_is_accepted(world: World, sandbox: Sandbox) -> None:
-    """§2.2: the docs send JSON, the PHP SDK form-urlencoded: both work, for both grants."""
+    """amoCRM's docs send JSON, its PHP SDK form-urlencoded: both work, for both grants."""
     reply = await world.api.post(
         "/oauth2/access_token", data=world.exchange_body(await world.code())
     )
@@ -152,7 +153,7 @@ async def test_form_encoded_body_is_accepted(world: World, sandbox: Sandbox) -> 
 
 
 async def test_json_body_without_content_type_is_sniffed(world: World) -> None:
-    """§2.2: accept both encodings, whatever header a hand-written client forgot to send."""
+    """Accept both encodings, whatever header a hand-written client forgot to send."""
     import json
 
     content = json.dumps(world.exchange_body(await world.code())).encode()
@@ -163,7 +164,7 @@ async def test_json_body_without_content_type_is_sniffed(world: World) -> None:
 
 
 async def test_code_is_single_use(world: World) -> None:
-    """§2.2/§2.3: a code is exchanged once; the second try is 400 "Authorization code has been
+    """A code is exchanged once; the second try is 400 "Authorization code has been
     revoked" with amoCRM's OAuthProblemJson body."""
     code = await world.code()
     assert (await world.exchange(code)).status_code == 200
@@ -173,7 +174,7 @@ async def test_code_is_single_use(world: World) -> None:
 
 
 async def test_code_expires_after_20_minutes(world: World) -> None:
-    """§2.2: a code lives 20 minutes: at 19:59 it still works, after 20:00 it has expired."""
+    """A code lives 20 minutes: at 19:59 it still works, after 20:00 it has expired."""
     fresh, stale = await world.code(), await world.code()
     await world.advance(20 * 60 - 1)
     assert (await world.exchange(fresh)).status_code == 200
@@ -182,7 +183,7 @@ async def test_code_expires_after_20_minutes(world: World) -> None:
 
 
 async def test_redirect_uri_must_match_exactly(world: World) -> None:
-    """§2.2: redirect_uri must equal the integration's setting exactly (a trailing slash fails)."""
+    """redirect_uri must equal the integration's setting exactly (a trailing slash fails)."""
     code = await world.code()
     for wrong in (REDIRECT_URI + "/", REDIRECT_URI.replace("https", "http"), None):
         reply = await world.exchange(code, redirect_uri=wrong)
@@ -191,7 +192,7 @@ async def test_redirect_uri_must_match_exactly(world: World) -> None:
 
 
 async def test_wrong_secret_is_401_bad_client(world: World) -> None:
-    """§2.3: a wrong client secret is 401 "Некорректный клиент" / "Авторизация клиента не прошла"."""
+    """A wrong client secret is 401 "Некорректный клиент" / "Авторизация клиента не прошла"."""
     reply = await world.exchange(await world.code(), client_secret="not-the-secret")
     assert_oauth_problem(reply, 401, None)
     assert reply.json()["title"] == "Некорректный клиент"
@@ -199,7 +200,7 @@ async def test_wrong_secret_is_401_bad_client(world: World) -> None:
 
 
 async def test_unknown_client_id(world: World) -> None:
-    """§2.3: an unknown client_id is 400 "Check the `client_id` parameter"."""
+    """An unknown client_id is 400 "Check the `client_id` parameter"."""
     reply = await world.exchange(
         await world.code(), client_id="00000000-0000-4000-8000-000000000000"
     )
@@ -207,13 +208,13 @@ async def test_unknown_client_id(world: World) -> None:
 
 
 async def test_garbage_code_cannot_be_decrypted(world: World) -> None:
-    """§2.3: a code the server never issued is "Cannot decrypt the authorization code"."""
+    """A code the server never issued is "Cannot decrypt the authorization code"."""
     reply = await world.exchange("def50200" + "ab" * 40)
     assert_oauth_problem(reply, 400, "Cannot decrypt the authorization code")
 
 
 async def test_code_of_another_client_is_rejected(world: World) -> None:
-    """§2.2: a code is bound to the integration it was issued to."""
+    """A code is bound to the integration it was issued to."""
     other = (
         await world.control.post(
             "/_sandbox/integrations", json={"name": "Other", "redirect_uri": REDIRECT_URI}
@@ -236,7 +237,7 @@ async def test_code_of_another_client_is_rejected(world: World) -> None:
     ],
 )
 async def test_missing_field_is_a_400_naming_it(world: World, missing: str, hint: str) -> None:
-    """§2.3: missing parameters are a 400 whose hint names the parameter."""
+    """Missing parameters are a 400 whose hint names the parameter."""
     body = world.exchange_body(await world.code())
     del body[missing]
     reply = await world.api.post("/oauth2/access_token", json=body)
@@ -245,7 +246,7 @@ async def test_missing_field_is_a_400_naming_it(world: World, missing: str, hint
 
 @pytest.mark.parametrize("grant_type", ["password", "client_credentials", "REFRESH_TOKEN"])
 async def test_unknown_grant_type_is_a_400(world: World, grant_type: str) -> None:
-    """§2.3: 400 = bad data; only authorization_code and refresh_token are grants."""
+    """400 = bad data; only authorization_code and refresh_token are grants."""
     reply = await world.exchange(await world.code(), grant_type=grant_type)
     assert_oauth_problem(
         reply, 400, "The authorization grant type is not supported by the authorization server"
@@ -269,7 +270,7 @@ async def test_unknown_grant_type_is_a_400(world: World, grant_type: str) -> Non
 async def test_malformed_body_is_a_400_never_a_500(
     world: World, content: bytes, content_type: str, hint: str
 ) -> None:
-    """§2.3: "400 = bad data, details in body", for bodies no client should send too."""
+    """amoCRM: "400 = bad data, details in body", for bodies no client should send too."""
     reply = await world.api.post(
         "/oauth2/access_token", content=content, headers={"content-type": content_type}
     )
@@ -280,7 +281,7 @@ async def test_malformed_body_is_a_400_never_a_500(
 
 
 async def test_access_token_is_an_rs256_jwt_with_amocrm_claims(world: World) -> None:
-    """§2.4: RS256 JWT with aud, jti, iat, nbf, exp, sub (str), account_id (int), base_domain,
+    """RS256 JWT with aud, jti, iat, nbf, exp, sub (str), account_id (int), base_domain,
     api_domain, grant_type, version 2, scopes, hash_uuid, user_flags; verifiable with the sandbox's
     public key."""
     public_key = (await world.control.get("/_sandbox/public-key")).text
@@ -326,7 +327,7 @@ async def test_access_token_is_an_rs256_jwt_with_amocrm_claims(world: World) -> 
 async def test_kommo_account_gets_its_own_domains(
     control: httpx.AsyncClient, sandbox_app: Any
 ) -> None:
-    """§1/§2.4: a Kommo account lives on its own base domain; the JWT says so."""
+    """A Kommo account lives on its own base domain; the JWT says so."""
     account = (
         await control.post(
             "/_sandbox/accounts", json={"subdomain": "globex", "base_domain": "kommo.com"}
@@ -358,7 +359,7 @@ async def test_kommo_account_gets_its_own_domains(
 async def test_wrong_account_host_is_invalid_account(
     world: World, sandbox_app: Any, host: str
 ) -> None:
-    """§1/§2.3: the token endpoint lives on the account host only; `www`, `api-b`, a typo or the
+    """The token endpoint lives on the account host only; `www`, `api-b`, a typo or the
     wrong base domain answer 400 "Invalid account"."""
     code = await world.code()
     async with httpx.AsyncClient(
@@ -370,7 +371,7 @@ async def test_wrong_account_host_is_invalid_account(
 
 
 async def test_another_accounts_host_is_invalid_account(world: World, sandbox_app: Any) -> None:
-    """§2.3: exchanging acme's code on beta's host is "Invalid account"."""
+    """Exchanging acme's code on beta's host is "Invalid account"."""
     await world.control.post("/_sandbox/accounts", json={"subdomain": "beta"})
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=sandbox_app), base_url="https://beta.amocrm.ru"
@@ -393,7 +394,7 @@ async def test_bare_host_is_accepted(world: World) -> None:
 
 
 async def test_refresh_rotates_and_a_reused_token_is_revoked(world: World) -> None:
-    """§2.2/§2.3: refresh tokens are single-use: each refresh returns a new pair; presenting the
+    """Refresh tokens are single-use: each refresh returns a new pair; presenting the
     spent one is 401 "Token has been revoked"."""
     first = await world.pair()
     second = await world.refresh(first["refresh_token"])
@@ -407,7 +408,8 @@ async def test_refresh_rotates_and_a_reused_token_is_revoked(world: World) -> No
 
 
 async def test_old_access_token_is_revoked_after_refresh(world: World, sandbox: Sandbox) -> None:
-    """§2.2 (setting, default on): once its refresh token is spent the old access token stops."""
+    """Once its refresh token is spent the old access token stops (amoCRM does not document
+    this; a setting, default on)."""
     first = await world.pair()
     new = (await world.refresh(first["refresh_token"])).json()
     assert sandbox.tokens.authenticate(first["access_token"]) is None
@@ -420,7 +422,7 @@ async def test_old_access_token_is_revoked_after_refresh(world: World, sandbox: 
 async def test_old_access_token_survives_refresh_when_switched_off(
     world: World, sandbox: Sandbox
 ) -> None:
-    """§2.2: the unverified rule is a switch; off, the old access token lives until its exp."""
+    """That undocumented rule is a switch; off, the old access token lives until its exp."""
     await world.configure(revoke_old_access_on_refresh=False)
     first = await world.pair()
     assert (await world.refresh(first["refresh_token"])).status_code == 200
@@ -428,7 +430,7 @@ async def test_old_access_token_survives_refresh_when_switched_off(
 
 
 async def test_refresh_with_wrong_secret_or_redirect_is_rejected(world: World) -> None:
-    """§2.2/§2.3: a refresh checks the client and the redirect_uri too, and a failure does not
+    """A refresh checks the client and the redirect_uri too, and a failure does not
     spend the token."""
     pair = await world.pair()
     assert_oauth_problem(await world.refresh(pair["refresh_token"], client_secret="x"), 401, None)
@@ -448,7 +450,7 @@ async def test_refresh_with_wrong_secret_or_redirect_is_rejected(world: World) -
 
 
 async def test_refresh_token_expires_after_3_months_of_disuse(world: World) -> None:
-    """§2.2: a refresh token lives 3 months and each refresh restarts the 3 months."""
+    """A refresh token lives 3 months and each refresh restarts the 3 months."""
     pair = await world.pair()
     await world.advance(89 * 86400)
     renewed = await world.refresh(pair["refresh_token"])
@@ -463,7 +465,7 @@ async def test_refresh_token_expires_after_3_months_of_disuse(world: World) -> N
 
 
 async def test_access_token_expires_after_24_hours(world: World, sandbox: Sandbox) -> None:
-    """§2.2: the access token lives 86400 s (its `exp`)."""
+    """The access token lives 86400 s (its `exp`)."""
     pair = await world.pair()
     await world.advance(86400 - 5)
     assert sandbox.tokens.authenticate(pair["access_token"]) is not None
@@ -472,7 +474,7 @@ async def test_access_token_expires_after_24_hours(world: World, sandbox: Sandbo
 
 
 async def test_lifetimes_are_configurable(world: World, sandbox: Sandbox) -> None:
-    """§9: lifetimes are amoCRM's by default and shortenable per test via PATCH /_sandbox/config."""
+    """Lifetimes are amoCRM's by default and shortenable per test via PATCH /_sandbox/config."""
     await world.configure(code_ttl=60, access_ttl=600, refresh_ttl=3600)
     code, stale = await world.code(), await world.code()
     reply = await world.exchange(code)
@@ -488,7 +490,7 @@ async def test_lifetimes_are_configurable(world: World, sandbox: Sandbox) -> Non
 
 
 async def test_server_time_is_added_by_setting(world: World, sandbox: Sandbox) -> None:
-    """§2.2: Kommo adds `server_time` (int); the sandbox does when `include_server_time` is on."""
+    """Kommo adds `server_time` (int); the sandbox does when `include_server_time` is on."""
     await world.configure(include_server_time=True)
     body = await world.pair()
     assert isinstance(body["server_time"], int)
@@ -501,7 +503,7 @@ async def test_server_time_is_added_by_setting(world: World, sandbox: Sandbox) -
 async def test_long_lived_token_has_no_refresh_token_and_works(
     world: World, sandbox: Sandbox
 ) -> None:
-    """§2.2/§2.4: a long-lived token (1 day–5 years) has no refresh token, an empty grant_type, and
+    """A long-lived token (1 day–5 years) has no refresh token, an empty grant_type, and
     its expiry in `exp`."""
     reply = await world.control.post(
         "/_sandbox/long-lived-tokens",
@@ -569,7 +571,7 @@ async def test_bare_host_log_finds_the_account_from_the_grant(world: World) -> N
 
 
 async def test_injected_error_before_the_endpoint(world: World) -> None:
-    """§9: fault injection covers the token endpoint: a 500 before serving changes nothing."""
+    """Fault injection covers the token endpoint: a 500 before serving changes nothing."""
     code = await world.code()
     await world.control.post(
         "/_sandbox/faults",
@@ -584,7 +586,7 @@ async def test_injected_error_before_the_endpoint(world: World) -> None:
 
 
 async def test_injected_gateway_timeout_after_a_refresh_spends_the_token(world: World) -> None:
-    """§2.2/§10: the ambiguous refresh: the server rotated the pair but the client saw a 504, so
+    """The ambiguous refresh: the server rotated the pair but the client saw a 504, so
     the retry with the same refresh token is 401 "Token has been revoked" — and the log shows
     both attempts with the same fingerprint."""
     pair = await world.pair()
@@ -609,8 +611,8 @@ async def test_injected_gateway_timeout_after_a_refresh_spends_the_token(world: 
 
 
 async def test_injected_revoke_kills_the_grant(world: World, sandbox: Sandbox) -> None:
-    """§9 "revoked grants": a revoke fault on the token endpoint revokes the integration's tokens
-    in that account and answers 401 "Token has been revoked"."""
+    """A revoke fault on the token endpoint revokes the integration's tokens in that
+    account and answers 401 "Token has been revoked"."""
     pair = await world.pair()
     await world.control.post(
         "/_sandbox/faults",
@@ -622,7 +624,7 @@ async def test_injected_revoke_kills_the_grant(world: World, sandbox: Sandbox) -
 
 
 async def test_injected_rate_limit_on_the_token_endpoint(world: World) -> None:
-    """§7/§9: a 429 burst can hit the token endpoint too; the body is JSON, no Retry-After."""
+    """A 429 burst can hit the token endpoint too; the body is JSON, no Retry-After."""
     await world.control.post(
         "/_sandbox/faults", json={"kind": "rate_limit", "path_prefix": "/oauth2/", "count": 1}
     )

@@ -1,4 +1,5 @@
-"""Conformance: amoCRM's request limits and bans (§7), on a frozen sandbox clock."""
+"""Conformance: amoCRM's request limits and bans, on a frozen sandbox clock
+(https://www.amocrm.ru/developers/content/api/recommendations)."""
 
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ async def statuses(client: httpx.AsyncClient, count: int) -> list[int]:
 
 
 async def test_seven_per_second_then_429(clients: Clients) -> None:
-    """§7: at most 7 requests/second; the 8th in the same second gets 429 with amoCRM's JSON body
+    """At most 7 requests/second; the 8th in the same second gets 429 with amoCRM's JSON body
     and no Retry-After / X-RateLimit-* headers."""
     client = await clients.client(await clients.account("acme"))
     assert await statuses(client, 7) == [204] * 7
@@ -104,7 +105,7 @@ async def test_seven_per_second_then_429(clients: Clients) -> None:
 
 
 async def test_next_second_lets_requests_through(clients: Clients) -> None:
-    """§7: the limit is per second: after waiting a second, requests pass again."""
+    """The limit is per second: after waiting a second, requests pass again."""
     client = await clients.client(await clients.account("acme"))
     await statuses(client, 9)
     await clients.advance(0.5)
@@ -115,7 +116,7 @@ async def test_next_second_lets_requests_through(clients: Clients) -> None:
 
 
 async def test_retry_after_field_by_setting(clients: Clients) -> None:
-    """§7 (Kommo): a `retry_after` field in the 429 body, only when configured."""
+    """Kommo: a `retry_after` field in the 429 body, only when configured."""
     await clients.config(retry_after_in_429_body=300)
     client = await clients.client(await clients.account("acme"))
     await statuses(client, 7)
@@ -126,7 +127,7 @@ async def test_retry_after_field_by_setting(clients: Clients) -> None:
 
 @EVERY_RULE
 async def test_repeated_violations_ban_the_whole_account(clients: Clients, rule: str) -> None:
-    """§7, §10: repeated 429s turn into an account-wide 403 (an nginx HTML page) for every
+    """Repeated 429s turn into an account-wide 403 (an nginx HTML page) for every
     integration of that account; another account is unaffected; the ban lasts `ban_seconds`."""
     await clients.config(rate_rule=rule)
     acme = await clients.account("acme")
@@ -153,7 +154,7 @@ async def test_repeated_violations_ban_the_whole_account(clients: Clients, rule:
 
 @EVERY_RULE
 async def test_violations_spread_out_do_not_ban(clients: Clients, rule: str) -> None:
-    """§7: the ban needs `ban_after_violations` 429s within `ban_window` seconds."""
+    """The ban needs `ban_after_violations` 429s within `ban_window` seconds."""
     await clients.config(rate_rule=rule)
     client = await clients.client(await clients.account("acme"))
     for _ in range(3):
@@ -164,7 +165,7 @@ async def test_violations_spread_out_do_not_ban(clients: Clients, rule: str) -> 
 
 
 async def test_ban_body_json_by_setting(clients: Clients) -> None:
-    """§6: the 403 may be HTML (default, as amoCRM's nginx) or a JSON problem by setting."""
+    """The 403 may be HTML (default, as amoCRM's nginx) or a JSON problem by setting."""
     await clients.config(ban_body="json", ban_after_violations=1)
     client = await clients.client(await clients.account("acme"))
     await statuses(client, 7)
@@ -175,7 +176,7 @@ async def test_ban_body_json_by_setting(clients: Clients) -> None:
 
 @EVERY_RULE
 async def test_unban_lifts_the_ban(clients: Clients, rule: str) -> None:
-    """§7: amoCRM support lifts a ban; the control API's POST /_sandbox/unban does it here."""
+    """amoCRM support lifts a ban; the control API's POST /_sandbox/unban does it here."""
     acme = await clients.account("acme")
     client = await clients.client(acme)
     await clients.config(ban_after_violations=2, rate_rule=rule)
@@ -201,7 +202,8 @@ async def test_control_ban(clients: Clients) -> None:
 
 
 async def test_account_cap_across_integrations(clients: Clients) -> None:
-    """§7 (unverified 50-rps claim): an account-wide cap over all integrations, by setting."""
+    """An account-wide cap over all integrations, by setting (a community claim of 50 rps per
+    account; amoCRM does not document one)."""
     await clients.config(account_rps_cap=10)
     acme = await clients.account("acme")
     first = await clients.client(acme)
@@ -215,7 +217,7 @@ async def test_account_cap_across_integrations(clients: Clients) -> None:
 
 
 async def test_each_integration_has_its_own_7_rps(clients: Clients) -> None:
-    """§7: the sandbox counts per integration and account: two integrations get 7 rps each."""
+    """The sandbox counts per integration and account: two integrations get 7 rps each."""
     acme = await clients.account("acme")
     first = await clients.client(acme)
     second = await clients.client(acme)
@@ -225,7 +227,7 @@ async def test_each_integration_has_its_own_7_rps(clients: Clients) -> None:
 
 
 async def test_rate_scope_ip(clients: Clients) -> None:
-    """§7 (Kommo: per IP): with `rate_scope: "ip"` one address shares 7 rps over accounts."""
+    """Kommo says per IP: with `rate_scope: "ip"` one address shares 7 rps over accounts."""
     await clients.config(rate_scope="ip", account_rps_cap=None)
     first = await clients.client(await clients.account("acme"), ip="10.0.0.1")
     second = await clients.client(await clients.account("globex"), ip="10.0.0.1")

@@ -1,4 +1,5 @@
-"""Conformance: the webhook subscription API, ``/api/v4/webhooks`` (amocrm-api.md §8.1)."""
+"""Conformance: the webhook subscription API, ``/api/v4/webhooks``
+(https://www.amocrm.ru/developers/content/crm_platform/webhooks-api)."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ HOOK = "https://hooks.example/amo"
 
 
 async def test_subscribe_answers_201_with_the_object(api: Api) -> None:
-    """§8.1: POST {destination, settings, sort} → 201 + the subscription object."""
+    """POST {destination, settings, sort} → 201 + the subscription object."""
     reply = await api.client.post(
         "/api/v4/webhooks",
         json={"destination": HOOK, "settings": ["add_lead", "status_lead"], "sort": 10},
@@ -89,8 +90,8 @@ async def test_subscribe_answers_201_with_the_object(api: Api) -> None:
 
 
 async def test_list_shows_subscriptions_and_204_when_none(api: Api) -> None:
-    """§8.1: GET lists `_embedded.webhooks[{id, destination, sort, disabled, settings, …}]`;
-    §6: an empty list is 204."""
+    """GET lists `_embedded.webhooks[{id, destination, sort, disabled, settings, …}]`;
+    an empty list is 204."""
     empty = await api.client.get("/api/v4/webhooks")
     assert empty.status_code == 204
     assert empty.content == b""
@@ -117,7 +118,7 @@ async def test_list_shows_subscriptions_and_204_when_none(api: Api) -> None:
 
 
 async def test_filter_by_destination(api: Api) -> None:
-    """§8.1: GET ?filter[destination]=… narrows the list to that destination."""
+    """GET ?filter[destination]=… narrows the list to that destination."""
     for dest in (HOOK, "https://other.example/h"):
         await api.client.post(
             "/api/v4/webhooks", json={"destination": dest, "settings": ["add_lead"]}
@@ -131,7 +132,7 @@ async def test_filter_by_destination(api: Api) -> None:
 
 
 async def test_same_destination_updates_and_reenables(api: Api, sandbox: Sandbox) -> None:
-    """§8.1: POST with a known destination updates it; §8.3: that is also how a disabled hook is
+    """POST with a known destination updates it; that is also how a disabled hook is
     re-enabled."""
     first = (
         await api.client.post(
@@ -168,7 +169,7 @@ async def test_same_destination_updates_and_reenables(api: Api, sandbox: Sandbox
 async def test_bad_subscription_is_a_validation_error(
     api: Api, payload: dict[str, Any], path: str
 ) -> None:
-    """§8.1 settings list, §6: bad input is amoCRM's 400 with `validation-errors`."""
+    """Unknown settings and other bad input are amoCRM's 400 with `validation-errors`."""
     reply = await api.client.post("/api/v4/webhooks", json=payload)
     assert reply.status_code == 400
     assert reply.headers["content-type"].startswith("application/problem+json")
@@ -182,7 +183,7 @@ async def test_bad_subscription_is_a_validation_error(
 
 @pytest.mark.parametrize("raw", [b"", b"[1, 2]", b"{not json"])
 async def test_bad_body_is_a_400(api: Api, raw: bytes) -> None:
-    """§6: an empty or malformed body is a 400, never a 500."""
+    """An empty or malformed body is a 400, never a 500."""
     reply = await api.client.post(
         "/api/v4/webhooks", content=raw, headers={"Content-Type": "application/json"}
     )
@@ -191,7 +192,7 @@ async def test_bad_body_is_a_400(api: Api, raw: bytes) -> None:
 
 
 async def test_every_documented_setting_is_accepted(api: Api) -> None:
-    """§8.1: add_/update_/delete_/responsible_ × 5 entities, restore_ × 3, note_ × 4, status_lead,
+    """add_/update_/delete_/responsible_ × 5 entities, restore_ × 3, note_ × 4, status_lead,
     add_talk, update_talk, add_chat_template_review."""
     expected = {
         f"{a}_{e}"
@@ -210,7 +211,7 @@ async def test_every_documented_setting_is_accepted(api: Api) -> None:
 
 
 async def test_at_most_100_subscriptions(api: Api, sandbox: Sandbox) -> None:
-    """§8.1: ≤100 hooks per account; the 101st is refused, updating an existing one is not."""
+    """≤100 hooks per account; the 101st is refused, updating an existing one is not."""
     assert sandbox.config.max_webhooks_per_account == 100
     for i in range(100):
         reply = await api.client.post(
@@ -241,7 +242,7 @@ async def test_at_most_100_subscriptions(api: Api, sandbox: Sandbox) -> None:
 
 
 async def test_limit_follows_config(api: Api, control: httpx.AsyncClient) -> None:
-    """The §8.1 limit is `max_webhooks_per_account` in the runtime config."""
+    """The limit of 100 hooks per account is `max_webhooks_per_account` in the runtime config."""
     await control.patch("/_sandbox/config", json={"max_webhooks_per_account": 1})
     ok = await api.client.post(
         "/api/v4/webhooks", json={"destination": HOOK, "settings": ["add_lead"]}
@@ -254,7 +255,7 @@ async def test_limit_follows_config(api: Api, control: httpx.AsyncClient) -> Non
 
 
 async def test_unsubscribe(api: Api) -> None:
-    """§8.1: DELETE with body {destination} → 204; an unknown destination → 404."""
+    """DELETE with body {destination} → 204; an unknown destination → 404."""
     await api.client.post("/api/v4/webhooks", json={"destination": HOOK, "settings": ["add_lead"]})
     gone = await api.client.request("DELETE", "/api/v4/webhooks", json={"destination": HOOK})
     assert gone.status_code == 204
@@ -269,7 +270,7 @@ async def test_unsubscribe(api: Api) -> None:
 async def test_admin_only(
     api: Api, sandbox: Sandbox, control: httpx.AsyncClient, sandbox_app: Any
 ) -> None:
-    """§8.1: the webhook API is for admins only; another user gets 403 (no rights)."""
+    """The webhook API is for admins only; another user gets 403 (no rights)."""
     await api.client.post("/api/v4/webhooks", json={"destination": HOOK, "settings": ["add_lead"]})
     user = (
         await control.post(
@@ -295,7 +296,7 @@ async def test_admin_only(
 
 
 async def test_needs_a_token(api: Api, sandbox_app: Any) -> None:
-    """§6: no or a bad Bearer → 401."""
+    """No or a bad Bearer → 401."""
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=sandbox_app), base_url=f"https://{api.account['host']}"
     ) as anonymous:
@@ -319,7 +320,7 @@ async def test_accounts_are_separate(
 async def test_control_lists_and_enables(
     api: Api, sandbox: Sandbox, control: httpx.AsyncClient
 ) -> None:
-    """§8.3: an admin re-enables a disabled hook by hand; the control API does it for tests."""
+    """An admin re-enables a disabled hook by hand; the control API does it for tests."""
     await api.client.post("/api/v4/webhooks", json={"destination": HOOK, "settings": ["add_lead"]})
     sandbox.state.accounts[api.account["id"]].webhooks[HOOK].disabled = True
     listed = (await control.get(f"/_sandbox/webhooks/{api.account['id']}")).json()

@@ -1,4 +1,4 @@
-"""Conformance: disabling an integration and the disconnect hook (amocrm-api.md §2.2, §4)."""
+"""Conformance: disabling an integration and the disconnect hook."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ async def uninstall(control: httpx.AsyncClient, client_id: str, account_id: Any)
 async def test_uninstall_revokes_tokens(
     control: httpx.AsyncClient, installed: Installed, sandbox: Sandbox
 ) -> None:
-    """§2.2: disabling the integration revokes its tokens: API calls → 401, refresh → 401
+    """Disabling the integration revokes its tokens: API calls → 401, refresh → 401
     "Token has been revoked"."""
     assert sandbox.tokens.authenticate(installed.tokens["access_token"]) is not None
     before = await installed.api.get(
@@ -138,9 +138,9 @@ async def test_uninstall_revokes_tokens(
 async def test_disconnect_hook_gets_a_signed_get(
     control: httpx.AsyncClient, installed: Installed, hook: Hook
 ) -> None:
-    """§4: the disconnect URL gets one GET with account_id, client_uuid and signature = lowercase
+    """The disconnect URL gets one GET with account_id, client_uuid and signature = lowercase
     hex HMAC-SHA256 of "{client_uuid}|{account_id}" keyed with the client secret — checked here
-    with the exact code of §4."""
+    the way a receiver verifies it (client_uuid is the client_id; a constant-time compare)."""
     reply = await uninstall(control, installed.integration["client_id"], installed.account["id"])
     assert reply.json()["disconnect"] == {"status": 200}
     (request,) = hook.received
@@ -171,7 +171,7 @@ async def test_disconnect_hook_gets_a_signed_get(
 async def test_disconnect_reply_is_ignored_and_never_resent(
     control: httpx.AsyncClient, installed: Installed, hook: Hook, sandbox: Sandbox
 ) -> None:
-    """§4: sent once, reply ignored: a 500 still disables the integration, nothing is retried."""
+    """Sent once, reply ignored: a 500 still disables the integration, nothing is retried."""
     hook.reply = 500
     reply = await uninstall(control, installed.integration["client_id"], installed.account["id"])
     assert reply.status_code == 200
@@ -184,7 +184,7 @@ async def test_disconnect_reply_is_ignored_and_never_resent(
 async def test_unreachable_disconnect_hook_is_recorded(
     control: httpx.AsyncClient, installed: Installed, hook: Hook
 ) -> None:
-    """§4: a hook that times out changes nothing; the outbound log says what happened."""
+    """A hook that times out changes nothing; the outbound log says what happened."""
     hook.reply = httpx.ReadTimeout("slow")
     reply = await uninstall(control, installed.integration["client_id"], installed.account["id"])
     assert reply.json()["disconnect"] == {"error": "timeout"}
@@ -200,7 +200,7 @@ async def test_unreachable_disconnect_hook_is_recorded(
 async def test_no_disconnect_url_sends_nothing(
     control: httpx.AsyncClient, sandbox_app: Any, hook: Hook
 ) -> None:
-    """§4: the hook is optional: without one, uninstall just revokes."""
+    """The hook is optional: without one, uninstall just revokes."""
     made = await install(control, sandbox_app, disconnect_url=None)
     try:
         reply = await uninstall(control, made.integration["client_id"], made.account["id"])
@@ -213,7 +213,7 @@ async def test_no_disconnect_url_sends_nothing(
 async def test_reinstall_after_uninstall_issues_working_tokens(
     control: httpx.AsyncClient, installed: Installed, sandbox: Sandbox, sandbox_app: Any
 ) -> None:
-    """§2.2: after a re-install the new grant works; the old tokens stay dead."""
+    """After a re-install the new grant works; the old tokens stay dead."""
     client_id = installed.integration["client_id"]
     await uninstall(control, client_id, installed.account["id"])
     code = (

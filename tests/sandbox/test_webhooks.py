@@ -1,4 +1,5 @@
-"""Conformance: what the sandbox's webhooks look like on the wire (amocrm-api.md §8.2, §8.3)."""
+"""Conformance: what the sandbox's webhooks look like on the wire
+(https://www.amocrm.ru/developers/content/crm_platform/webhooks-format)."""
 
 from __future__ import annotations
 
@@ -165,7 +166,7 @@ def lead(**fields: Any) -> dict[str, Any]:
 async def test_status_change_body_is_the_documented_example(
     hooks: Hooks, receiver: Receiver
 ) -> None:
-    """§8.2: form keys `leads[status][0][…]` with `old_status_id`, `pipeline_id`, custom fields
+    """Form keys `leads[status][0][…]` with `old_status_id`, `pipeline_id`, custom fields
     flattened to `[custom_fields][0][values][0][value|enum]`, the `account[…]` block, every value a
     string, %-encoded brackets on the wire."""
     await hooks.subscribe(HOOK, "status_lead")
@@ -205,7 +206,7 @@ async def test_status_change_body_is_the_documented_example(
 
 
 async def test_headers(hooks: Hooks, receiver: Receiver) -> None:
-    """§8.2: POST, form-urlencoded, `User-Agent: amoCRM-Webhooks/3.0`, `X-Amocrm-Requestid: {uuid}`,
+    """POST, form-urlencoded, `User-Agent: amoCRM-Webhooks/3.0`, `X-Amocrm-Requestid: {uuid}`,
     `Accept-Encoding: gzip`; no signature."""
     await hooks.subscribe(HOOK, "add_lead")
     await hooks.emit(EntityChange("leads", "add", 1190401, snapshot=lead()))
@@ -228,7 +229,7 @@ async def test_headers(hooks: Hooks, receiver: Receiver) -> None:
 async def test_add_lead_carries_lead_fields_and_no_old_status(
     hooks: Hooks, receiver: Receiver
 ) -> None:
-    """§8.2: leads carry name, price, responsible_user_id, date_create, last_modified, created_at,
+    """Leads carry name, price, responsible_user_id, date_create, last_modified, created_at,
     tags[i][id|name]; `add` lacks old_status_id."""
     await hooks.subscribe(HOOK, "add_lead")
     snapshot = lead(
@@ -256,7 +257,7 @@ async def test_add_lead_carries_lead_fields_and_no_old_status(
 async def test_status_change_goes_to_status_and_update_subscribers(
     hooks: Hooks, receiver: Receiver
 ) -> None:
-    """§8.1/§8.2: a stage change is `status` (with old_status_id) for status_lead and `update` for
+    """A stage change is `status` (with old_status_id) for status_lead and `update` for
     update_lead; a subscriber to both gets both."""
     await hooks.subscribe("https://a.example/", "status_lead")
     await hooks.subscribe("https://b.example/", "update_lead")
@@ -271,7 +272,7 @@ async def test_status_change_goes_to_status_and_update_subscribers(
     assert update.form["leads[update][0][status_id]"] == "142"
     assert "leads[update][0][old_status_id]" not in update.form
     both = receiver.to("https://c.example/")
-    assert len(both) == 2  # one POST per event (§8.2: batching unverified)
+    assert len(both) == 2  # one POST per event (amoCRM documents no batching)
     kinds = [{k.split("[0]")[0] for k in r.form if not k.startswith("account")} for r in both]
     assert sorted(kind for item in kinds for kind in item) == ["leads[status]", "leads[update]"]
 
@@ -279,7 +280,7 @@ async def test_status_change_goes_to_status_and_update_subscribers(
 async def test_update_without_stage_change_is_no_status_hook(
     hooks: Hooks, receiver: Receiver
 ) -> None:
-    """§8.1: status_lead fires only when the stage changed."""
+    """status_lead fires only when the stage changed."""
     await hooks.subscribe(HOOK, "status_lead")
     await hooks.emit(EntityChange("leads", "update", 1190401, snapshot=lead(), old_status_id=None))
     same = lead(status_id=53861254)
@@ -290,7 +291,7 @@ async def test_update_without_stage_change_is_no_status_hook(
 
 
 async def test_responsible_change(hooks: Hooks, receiver: Receiver) -> None:
-    """§8.1: responsible_lead fires when the responsible user changes (the old one is included)."""
+    """responsible_lead fires when the responsible user changes (the old one is included)."""
     await hooks.subscribe(HOOK, "responsible_lead")
     await hooks.emit(
         EntityChange(
@@ -309,7 +310,7 @@ async def test_responsible_change(hooks: Hooks, receiver: Receiver) -> None:
 async def test_companies_come_as_contacts_with_type_company(
     hooks: Hooks, receiver: Receiver
 ) -> None:
-    """§8.2: companies come as `contacts[…]` with `type=company`; contacts carry `type=contact`."""
+    """Companies come as `contacts[…]` with `type=company`; contacts carry `type=contact`."""
     await hooks.subscribe(HOOK, "add_company", "add_contact")
     company = {"id": 3000001, "name": "ООО Ромашка", "responsible_user_id": 1}
     contact = {
@@ -329,7 +330,7 @@ async def test_companies_come_as_contacts_with_type_company(
 
 
 async def test_delete_sends_only_the_id(hooks: Hooks, receiver: Receiver) -> None:
-    """§8.2: delete is `leads[delete][0][id]` only (the contacts key adds which kind it was)."""
+    """Delete is `leads[delete][0][id]` only (the contacts key adds which kind it was)."""
     await hooks.subscribe(HOOK, "delete_lead", "delete_company")
     await hooks.emit(EntityChange("leads", "delete", 1190401, snapshot=lead()))
     await hooks.emit(EntityChange("companies", "delete", 3000001, snapshot={"id": 3000001}))
@@ -344,7 +345,7 @@ async def test_delete_sends_only_the_id(hooks: Hooks, receiver: Receiver) -> Non
 
 
 async def test_restore_and_note(hooks: Hooks, receiver: Receiver) -> None:
-    """§8.1: restore_lead and note_lead subscribers get `restore` and `note` items."""
+    """restore_lead and note_lead subscribers get `restore` and `note` items."""
     await hooks.subscribe(HOOK, "restore_lead", "note_contact")
     await hooks.emit(EntityChange("leads", "restore", 1190401, snapshot=lead()))
     await hooks.emit(
@@ -365,7 +366,7 @@ async def test_restore_and_note(hooks: Hooks, receiver: Receiver) -> None:
 
 
 async def test_settings_decide_what_is_sent(hooks: Hooks, receiver: Receiver) -> None:
-    """§8.1: a subscription receives only the events its `settings` name."""
+    """A subscription receives only the events its `settings` name."""
     await hooks.subscribe(HOOK, "add_contact")
     await hooks.emit(
         EntityChange("leads", "add", 1190401, snapshot=lead()),
@@ -381,8 +382,8 @@ async def test_settings_decide_what_is_sent(hooks: Hooks, receiver: Receiver) ->
 async def test_one_post_per_change_unless_multi(
     hooks: Hooks, receiver: Receiver, control: httpx.AsyncClient
 ) -> None:
-    """§8.2 (unverified batching): one POST per change by default; `webhook_multi_per_post` puts
-    one emit's changes in one POST with indexes 0, 1, …."""
+    """One POST per change by default (amoCRM documents no batching); `webhook_multi_per_post`
+    puts one emit's changes in one POST with indexes 0, 1, …."""
     await hooks.subscribe(HOOK, "add_lead")
     changes = [EntityChange("leads", "add", i, snapshot=lead(id=i)) for i in (1, 2, 3)]
     await hooks.emit(*changes)
@@ -396,7 +397,7 @@ async def test_one_post_per_change_unless_multi(
 
 
 async def test_disabled_subscription_gets_nothing(hooks: Hooks, receiver: Receiver) -> None:
-    """§8.3: a disabled subscription receives no deliveries."""
+    """A disabled subscription receives no deliveries."""
     await hooks.subscribe(HOOK, "add_lead")
     hooks.account.webhooks[HOOK].disabled = True
     await hooks.emit(EntityChange("leads", "add", 1, snapshot=lead(id=1)))
@@ -422,7 +423,7 @@ async def test_other_accounts_hooks_are_not_called(
 async def test_kommo_account_links_to_its_own_host(
     sandbox: Sandbox, control: httpx.AsyncClient, sandbox_app: Any, receiver: Receiver
 ) -> None:
-    """§8.2: `account[_links][self]` is the account's own https host (here a kommo.com one)."""
+    """`account[_links][self]` is the account's own https host (here a kommo.com one)."""
     account = (
         await control.post(
             "/_sandbox/accounts", json={"subdomain": "kommoacc", "base_domain": "kommo.com"}
@@ -455,12 +456,12 @@ def _subscription(account: Account, destination: str, settings: list[str]) -> An
 
 
 def test_default_deadline_is_two_seconds() -> None:
-    """§8.3: delivered = a 100–299 reply within 2 s."""
+    """Delivered = a 100–299 reply within 2 s."""
     assert SandboxConfig().webhook_timeout == 2.0
 
 
 async def test_a_late_reply_is_a_failure(hooks: Hooks, receiver: Receiver) -> None:
-    """§8.3: a reply after the deadline counts as failed (code 0), even if the destination got it."""
+    """A reply after the deadline counts as failed (code 0), even if the destination got it."""
     await hooks.subscribe(HOOK, "add_lead")
     receiver.stall.add(HOOK)
     loop = asyncio.get_running_loop()
@@ -485,7 +486,7 @@ async def test_a_late_reply_is_a_failure(hooks: Hooks, receiver: Receiver) -> No
 async def test_only_2xx_is_delivered(
     hooks: Hooks, receiver: Receiver, status: int, delivered: bool
 ) -> None:
-    """§8.3: a 100–299 reply is delivered; redirects and errors are failures."""
+    """A 100–299 reply is delivered; redirects and errors are failures."""
     await hooks.subscribe(HOOK, "add_lead")
     receiver.status[HOOK] = status
     await hooks.emit(EntityChange("leads", "add", 1, snapshot=lead(id=1)))
@@ -496,7 +497,7 @@ async def test_only_2xx_is_delivered(
 
 
 async def test_connection_error_is_code_zero(hooks: Hooks, receiver: Receiver) -> None:
-    """§8.3: no reply at all counts as code 0."""
+    """No reply at all counts as code 0."""
     await hooks.subscribe(HOOK, "add_lead")
     receiver.refuse.add(HOOK)
     await hooks.emit(EntityChange("leads", "add", 1, snapshot=lead(id=1)))
@@ -531,7 +532,7 @@ async def test_delivery_log_filters(
 async def test_real_asgi_destination_parses_the_form(
     signing_key: rsa.RSAPrivateKey, sandbox_config: SandboxConfig
 ) -> None:
-    """§8.2: the body parses as an ordinary HTML form (python-multipart, as a Starlette/FastAPI
+    """The body parses as an ordinary HTML form (python-multipart, as a Starlette/FastAPI
     receiver would) into the bracket keys."""
     seen: list[dict[str, str]] = []
 
@@ -563,7 +564,7 @@ async def test_real_asgi_destination_parses_the_form(
 
 
 def test_values_are_written_as_php_does() -> None:
-    """§8.2: every value is a string; booleans 1/0 and None left out, as http_build_query does."""
+    """Every value is a string; booleans 1/0 and None left out, as http_build_query does."""
     assert form_value(True) == "1"
     assert form_value(False) == "0"
     assert form_value(None) is None
@@ -576,7 +577,7 @@ def test_values_are_written_as_php_does() -> None:
 
 
 def test_retry_schedule_table() -> None:
-    """§8.3: attempts 2, 3 (+5, +15 min) after any failure; 4, 5 (+15 min, +1 h) only after
+    """Attempts 2, 3 (+5, +15 min) after any failure; 4, 5 (+15 min, +1 h) only after
     499 or 5xx; nothing after 5."""
     config = SandboxConfig()
     assert [retry_delay(config, n, 500) for n in (1, 2, 3, 4, 5)] == [300, 900, 900, 3600, None]

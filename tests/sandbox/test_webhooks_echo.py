@@ -1,5 +1,5 @@
 """Conformance: changes made through the API (and the "UI") fire webhooks too — echo hooks
-(amocrm-api.md §9: "API-made changes fire hooks too (echo tests)"; bodies as §8.2)."""
+(in amoCRM, API-made changes fire webhooks too; the bodies are the usual ones)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def entries(form: dict[str, str]) -> dict[str, str]:
 
 
 async def test_creating_a_lead_through_the_api_fires_add_lead(crm: Crm, inbox: Inbox) -> None:
-    """§9 echo: POST /api/v4/leads fires add_lead with the new lead's fields as strings."""
+    """Echo: POST /api/v4/leads fires add_lead with the new lead's fields as strings."""
     await subscribe(crm, "add_lead")
     reply = await crm.api.post("/api/v4/leads", json=[{"name": "Эхо", "price": 1500}])
     assert reply.status_code == 200, reply.text
@@ -110,7 +110,7 @@ async def test_creating_a_lead_through_the_api_fires_add_lead(crm: Crm, inbox: I
 
 
 async def test_moving_a_lead_fires_status_lead(crm: Crm, inbox: Inbox) -> None:
-    """§8.2 echo: PATCH of the stage fires `status` with old_status_id and pipeline_id."""
+    """Echo: PATCH of the stage fires `status` with old_status_id and pipeline_id."""
     pipeline = crm.account["pipelines"][0]
     created = await crm.api.post("/api/v4/leads", json=[{"name": "Сделка"}])
     lead_id = created.json()["_embedded"]["leads"][0]["id"]
@@ -129,7 +129,7 @@ async def test_moving_a_lead_fires_status_lead(crm: Crm, inbox: Inbox) -> None:
 
 
 async def test_a_company_through_the_api_comes_as_contacts(crm: Crm, inbox: Inbox) -> None:
-    """§8.2 echo: a company created by the API arrives as `contacts[add]` with type=company."""
+    """Echo: a company created by the API arrives as `contacts[add]` with type=company."""
     await subscribe(crm, "add_company")
     reply = await crm.api.post("/api/v4/companies", json=[{"name": "ООО Ромашка"}])
     assert reply.status_code == 200, reply.text
@@ -140,7 +140,7 @@ async def test_a_company_through_the_api_comes_as_contacts(crm: Crm, inbox: Inbo
 
 
 async def test_a_note_fires_note_lead(crm: Crm, inbox: Inbox) -> None:
-    """§8.1 echo: a note added through the API fires note_lead."""
+    """Echo: a note added through the API fires note_lead."""
     created = await crm.api.post("/api/v4/leads", json=[{"name": "С заметкой"}])
     lead_id = created.json()["_embedded"]["leads"][0]["id"]
     await subscribe(crm, "note_lead")
@@ -159,7 +159,7 @@ async def test_a_note_fires_note_lead(crm: Crm, inbox: Inbox) -> None:
 async def test_deleting_in_the_ui_fires_delete_lead_with_only_the_id(
     crm: Crm, inbox: Inbox
 ) -> None:
-    """§8.2: a lead deleted (here by a manager in the UI) sends `leads[delete][0][id]` only."""
+    """A lead deleted (here by a manager in the UI) sends `leads[delete][0][id]` only."""
     created = await crm.api.post("/api/v4/leads", json=[{"name": "Удалить"}])
     lead_id = created.json()["_embedded"]["leads"][0]["id"]
     await subscribe(crm, "delete_lead")

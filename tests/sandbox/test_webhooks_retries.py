@@ -1,4 +1,4 @@
-"""Conformance: webhook retries and auto-disable on the sandbox clock (amocrm-api.md §8.3)."""
+"""Conformance: webhook retries and auto-disable on the sandbox clock."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ async def world(
 
 
 async def test_no_retry_before_five_minutes(world: World, destination: Destination) -> None:
-    """§8.3: attempt 2 comes 5 minutes after a failure, not earlier."""
+    """Attempt 2 comes 5 minutes after a failure, not earlier."""
     await world.subscribe()
     await world.emit()
     [first] = await world.attempts()
@@ -149,7 +149,7 @@ async def test_no_retry_before_five_minutes(world: World, destination: Destinati
 
 
 async def test_five_attempts_after_server_errors(world: World, destination: Destination) -> None:
-    """§8.3: after 5xx: attempts 2, 3 at +5, +15 min; 4, 5 at +15 min, +1 h; then no more."""
+    """After 5xx: attempts 2, 3 at +5, +15 min; 4, 5 at +15 min, +1 h; then no more."""
     await world.subscribe()
     start = world.sandbox.clock.now()
     await world.emit()
@@ -170,7 +170,7 @@ async def test_five_attempts_after_server_errors(world: World, destination: Dest
 async def test_three_attempts_after_other_codes(
     world: World, destination: Destination, status: int
 ) -> None:
-    """§8.3: attempts 4 and 5 follow only a 499 or 5xx; any other failure stops after attempt 3."""
+    """Attempts 4 and 5 follow only a 499 or 5xx; any other failure stops after attempt 3."""
     destination.status = status
     await world.subscribe()
     await world.emit()
@@ -181,7 +181,7 @@ async def test_three_attempts_after_other_codes(
 
 
 async def test_499_gets_five_attempts(world: World, destination: Destination) -> None:
-    """§8.3: 499 counts like a 5xx for attempts 4 and 5."""
+    """499 counts like a 5xx for attempts 4 and 5."""
     destination.status = 499
     await world.subscribe()
     await world.emit()
@@ -192,7 +192,7 @@ async def test_499_gets_five_attempts(world: World, destination: Destination) ->
 async def test_timeout_is_code_zero_and_three_attempts(
     world: World, destination: Destination
 ) -> None:
-    """§8.3: a reply after the deadline is code 0: retried by attempts 2, 3 only."""
+    """A reply after the deadline is code 0: retried by attempts 2, 3 only."""
     destination.stall = True
     await world.subscribe()
     await world.emit()
@@ -204,7 +204,7 @@ async def test_timeout_is_code_zero_and_three_attempts(
 
 
 async def test_one_jump_plays_the_whole_schedule(world: World, destination: Destination) -> None:
-    """Time compression (§9): advancing the clock by 2 h sends every retry due in those 2 h."""
+    """Time compression: advancing the clock by 2 h sends every retry due in those 2 h."""
     await world.subscribe()
     await world.emit()
     await world.advance(7200)
@@ -212,7 +212,7 @@ async def test_one_jump_plays_the_whole_schedule(world: World, destination: Dest
 
 
 async def test_a_success_ends_the_retries(world: World, destination: Destination) -> None:
-    """§8.3: once an attempt is delivered there is no further attempt."""
+    """Once an attempt is delivered there is no further attempt."""
     await world.subscribe()
     await world.emit()
     destination.status = 200
@@ -237,7 +237,7 @@ async def test_deleting_the_subscription_drops_its_retries(
 async def test_retry_delays_follow_config(
     world: World, destination: Destination, control: httpx.AsyncClient
 ) -> None:
-    """The §8.3 schedule is `webhook_retry_delays` in the runtime config."""
+    """The retry schedule is `webhook_retry_delays` in the runtime config."""
     await control.patch("/_sandbox/config", json={"webhook_retry_delays": [10, 20]})
     await world.subscribe()
     await world.emit()
@@ -300,7 +300,7 @@ async def test_reset_forgets_pending_retries(world: World, destination: Destinat
 
 
 async def test_more_than_100_failures_in_2h_disable(world: World, destination: Destination) -> None:
-    """§8.3: >100 invalid replies in the last 2 h, the latest invalid, disable the hook: GET shows
+    """>100 invalid replies in the last 2 h, the latest invalid, disable the hook: GET shows
     `disabled: true`, nothing more is sent (not even pending retries) until re-enabled."""
     config = world.sandbox.config
     assert (config.webhook_disable_after, config.webhook_disable_window) == (100, 7200)
@@ -319,7 +319,7 @@ async def test_more_than_100_failures_in_2h_disable(world: World, destination: D
 async def test_latest_reply_valid_keeps_it_enabled(
     world: World, destination: Destination, control: httpx.AsyncClient
 ) -> None:
-    """§8.3: the rule needs the latest reply invalid too: many failures followed by a success do
+    """The rule needs the latest reply invalid too: many failures followed by a success do
     not disable; the next failure does."""
     await control.patch(
         "/_sandbox/config", json={"webhook_disable_after": 5, "webhook_retry_delays": []}
@@ -337,7 +337,7 @@ async def test_latest_reply_valid_keeps_it_enabled(
 async def test_failures_outside_the_window_do_not_count(
     world: World, destination: Destination, control: httpx.AsyncClient
 ) -> None:
-    """§8.3: only failures within the last `webhook_disable_window` (2 h) count."""
+    """Only failures within the last `webhook_disable_window` (2 h) count."""
     await control.patch(
         "/_sandbox/config",
         json={
@@ -356,7 +356,7 @@ async def test_failures_outside_the_window_do_not_count(
 
 
 async def test_reenable_by_posting_again(world: World, destination: Destination) -> None:
-    """§8.3: re-enabled by hand (here: POST of the same destination) → deliveries resume."""
+    """Re-enabled by hand (here: POST of the same destination) → deliveries resume."""
     world.sandbox.config = world.sandbox.config.updated(
         {"webhook_disable_after": 2, "webhook_retry_delays": []}
     )
@@ -374,7 +374,7 @@ async def test_reenable_by_posting_again(world: World, destination: Destination)
 async def test_reenable_through_control(
     world: World, destination: Destination, control: httpx.AsyncClient
 ) -> None:
-    """§8.3: an admin re-enables the hook; the failure count starts again from zero."""
+    """An admin re-enables the hook; the failure count starts again from zero."""
     world.sandbox.config = world.sandbox.config.updated(
         {"webhook_disable_after": 2, "webhook_retry_delays": []}
     )
