@@ -32,7 +32,7 @@ from browser_support import require_program
 from process_support import Process, SandboxServer, amobridge, clean_env, free_port, spawn
 
 APP_SCHEME = "foryoure"
-"""The mobile app's deep-link scheme (seed 003), allow-listed for every service started here."""
+"""The mobile app's deep-link scheme, allow-listed for every service started here."""
 
 
 def query_of(url: str) -> dict[str, str]:
@@ -69,7 +69,7 @@ class ServiceProcess:
         self.http = httpx.Client(base_url=self.url, timeout=10.0)
 
     def user_token(self, owner: str) -> str:
-        """An end user's JWT (seed 003): HS256, the owner in ``sub``."""
+        """An end user's JWT, as the host app issues it: HS256, the owner in ``sub``."""
         payload = {"sub": owner, "exp": int(time.time()) + 3600}
         return jwt.encode(payload, self.jwt_secret, algorithm="HS256")
 

@@ -1,4 +1,4 @@
-"""Issue 5's browser proof: every connect flow in real headless Chromium, against the real
+"""The browser proof: every connect flow in real headless Chromium, against the real
 ``amobridge serve`` and ``amobridge sandbox`` processes (two origins, as in production).
 
 - redirect: ``/amocrm/auth?token=<user JWT>`` → amoCRM's consent page → Allow → the service's

@@ -1,11 +1,12 @@
-"""Issue 5's nginx proof: seed 000's ``/api`` prefix in front of the real service.
+"""The nginx proof: nginx serves the real service under an ``/api`` prefix.
 
 A real nginx (Debian's) runs each ``server`` block of ``docs/deploy-nginx.md`` — read from the doc,
 only its two ports changed — in front of ``amobridge serve`` with ``ROOT_PATH=/api`` and
 ``PUBLIC_URL=http://127.0.0.1:<nginx>/api``. Through it, headless Chromium connects an account
 (``/api/amocrm/auth`` → amoCRM's consent → ``/api/amocrm/callback`` → "AmoCRM подключен!") and
 installs the website button (amoCRM POSTs the keys to ``/api/amocrm/secrets``); ``/api/docs``
-works; amoCRM's uninstall hook arrives through the prefix. Seed 000 got a 404 at the first step.
+works; amoCRM's uninstall hook arrives through the prefix. (A service whose own routes
+repeat the prefix behind a proxy that strips it gets a 404 at the first step.)
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def test_docs_and_redirects_keep_the_prefix(edge: Edge) -> None:
         )
 
         # The service's own redirects keep the prefix (a 307 to /amocrm/status would be
-        # nginx's 404, seed 000's bug from the other side).
+        # nginx's 404: the doubled-prefix bug from the other side).
         slash = http.get("/amocrm/status/", headers=edge.bearer(edge.owner("docs")))
         assert slash.status_code == 307
         assert slash.headers["location"] == f"{edge.api}/amocrm/status"
@@ -203,7 +204,7 @@ def test_docs_and_redirects_keep_the_prefix(edge: Edge) -> None:
 
 
 def test_uninstall_hook_through_the_prefix(edge: Edge) -> None:
-    """amocrm-api.md §4: the signed GET reaches ``/api/amocrm/uninstall`` through nginx and
+    """amoCRM's disconnect hook, a signed GET, reaches ``/api/amocrm/uninstall`` through nginx and
     disconnects the account's connections of that integration."""
     owner = edge.owner("uninstall")
     with httpx.Client(base_url=edge.api) as http:

@@ -1,4 +1,4 @@
-"""Helpers of issue 5's invariant proofs: real processes, and the full flows the secret scans run.
+"""Helpers of the invariant proofs: real processes, and the full flows the secret scans run.
 
 - The processes themselves come from ``process_support.py`` (shared with the acceptance tier):
   :func:`~process_support.spawn` with :meth:`~process_support.Process.kill` (SIGKILL: a crash, no
@@ -253,7 +253,7 @@ async def full_flows(stack: Any) -> dict[str, str]:
     control = stack.control
     account_id = stack.account["id"]
 
-    # Redirect flow (seed 000), then a refresh of its grant.
+    # Redirect flow, then a refresh of its grant.
     assert (await stack.connect("redirect-user")).status_code == 200
     await control.post("/_sandbox/tokens/expire", json={"account_id": account_id})
     row = await _connection(stack, "redirect-user")
@@ -266,7 +266,7 @@ async def full_flows(stack: Any) -> dict[str, str]:
     )
     extra["open_state"] = httpx.URL(start.json()["url"]).params["state"]
 
-    # Website button (seed 000/004): the sandbox POSTs the new integration's secrets first.
+    # Website button: the sandbox POSTs the new integration's secrets first.
     button = await _button(stack, "button-user")
     assert button.status_code == 200, button.text
     row = await _connection(stack, "button-user")
@@ -286,7 +286,7 @@ async def full_flows(stack: Any) -> dict[str, str]:
     assert secrets.status_code == 200, secrets.text
     extra["pending_button_secret"] = "pending-secret-" + "7" * 40
 
-    # exchange-code with a user's JWT (seed 003), then the same code again (an error).
+    # exchange-code with a user's JWT (a mobile app's flow), then the same code again (an error).
     consent = (
         await control.post(
             "/_sandbox/authorize",

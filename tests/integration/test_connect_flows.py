@@ -1,4 +1,4 @@
-"""The connect flows of issue 5 against the in-process sandbox: redirect, callback errors, status,
+"""The connect flows against the in-process sandbox: redirect, callback errors, status,
 isolation, exchange-code, token import, disconnect and amoCRM's uninstall hook."""
 
 from __future__ import annotations

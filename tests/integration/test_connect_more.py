@@ -1,5 +1,5 @@
-"""More of issue 5: RS256 user tokens, the secrets webhook's refusals, purging, keep-alive refresh,
-the signed re-authorization callback, and the production key rule."""
+"""More connect flows: RS256 user tokens, the secrets webhook's refusals, purging, keep-alive
+refresh, the signed re-authorization callback, and the production key rule."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ async def test_expired_secrets_are_not_used_and_are_purged(stack: Any) -> None:
 
 
 async def test_button_flow_end_to_end_in_process(stack: Any) -> None:
-    """The sandbox's button install POSTs secrets to the service before the redirect (§3)."""
+    """The sandbox's button install POSTs secrets to the service before the redirect."""
     state = await _button_state(stack, "buttoned")
     install = await stack.control.post(
         "/_sandbox/button-install",

@@ -1,7 +1,7 @@
-"""Seed 002: finding a customer's lead by e-mail or phone, through AmoClient, against the sandbox.
+"""Finding a customer's lead by e-mail or phone, through AmoClient, against the sandbox.
 
 The sandbox's ``query`` is a case-insensitive substring search over names and custom field values
-(amocrm-api.md §5.2: how amoCRM matches phones is unverified), so these tests show the finders find
+(amoCRM does not document how it matches phones), so these tests show the finders find
 phones however they were typed, and drop contacts that only contain the digits.
 """
 
@@ -89,7 +89,7 @@ async def wholesale(control: httpx.AsyncClient, acme: Any) -> dict[str, Any]:
 
 
 async def test_phone_found_however_it_was_typed(amo: AmoClient) -> None:
-    """Seed 002: +7 / 8 / spaces / brackets are one phone."""
+    """+7 / 8 / spaces / brackets are one phone (a Russian number as people type it)."""
     typed_ways = [
         "+7 (912) 345-67-89",
         "8 (912) 345-67-89",
@@ -225,7 +225,7 @@ async def test_a_contact_without_leads_gives_no_leads(amo: AmoClient) -> None:
 async def test_requests_per_lookup_are_bounded(
     amo: AmoClient, sandbox: Sandbox, transport: CountingTransport
 ) -> None:
-    """Each query form is one page read, then one leads read (amoCRM bans heavy scanners, §7)."""
+    """Each query form is one page read, then one leads read (amoCRM bans heavy scanners)."""
     ivan = await contact(amo, "Иван", phones=("+7 (912) 345-67-89",))
     for _ in range(3):
         await lead(amo, sandbox, ivan)

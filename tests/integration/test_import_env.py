@@ -1,12 +1,12 @@
-"""Issue 5, Flows: ``amobridge connections import-env`` turns a seed's single-account ``.env`` into
-a connection, so an existing setup migrates in one command.
+"""``amobridge connections import-env`` turns a hand-made integration's single-account ``.env``
+into a connection, so an existing setup migrates in one command.
 
-Seed 002 (``AMOCRM_SUBDOMAIN``, ``AMOCRM_ACCESS_TOKEN``, ``AMOCRM_REFRESH_TOKEN``,
-``AMOCRM_CLIENT_ID``/``_SECRET``/``_REDIRECT_URI``) and seed 001 (``AMO_DOMAIN``,
-``AMO_CLIENT_ID``, …) name the same values differently; both shipped example values
-(``your-client-id``, ``abc123-def456...``) that people left in place, and seed 002 sent placeholder
-stage ids (``12345678``) to production. The tokens here are real ones the sandbox issued: the
-imported connection must work and refresh (amocrm-api.md §2.2: the refresh rotates the pair).
+Such setups name the same values differently — ``AMOCRM_SUBDOMAIN``, ``AMOCRM_ACCESS_TOKEN``,
+``AMOCRM_REFRESH_TOKEN``, ``AMOCRM_CLIENT_ID``/``_SECRET``/``_REDIRECT_URI`` in one style,
+``AMO_DOMAIN``, ``AMO_CLIENT_ID``, … in another; their guides ship example values
+(``your-client-id``, ``abc123-def456...``) that people leave in place, and placeholder stage ids
+(``12345678``) reach production. The tokens here are real ones the sandbox issued: the imported
+connection must work and refresh (amoCRM's refresh rotates the pair).
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ async def test_long_lived_token_env(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Seed 002's minimal setup: a subdomain and a long-lived token (§2.4), nothing to refresh."""
+    """The minimal setup: a subdomain and a long-lived token, nothing to refresh."""
     monkeypatch.chdir(tmp_path)
     token = (
         await control.post(
@@ -204,8 +204,8 @@ async def test_long_lived_token_env(
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("AMOCRM_CLIENT_ID", "abc123-def456..."),  # seed 002's example
-        ("AMOCRM_CLIENT_ID", "your-client-id"),  # seed 001's example
+        ("AMOCRM_CLIENT_ID", "abc123-def456..."),  # a guide's example
+        ("AMOCRM_CLIENT_ID", "your-client-id"),  # another guide's example
         ("AMOCRM_CLIENT_SECRET", "SuperSecret..."),
         ("AMOCRM_REFRESH_TOKEN", "def50200a1b2c3..."),
         ("AMOCRM_SUBDOMAIN", "yoursubdomain"),

@@ -1,4 +1,4 @@
-"""Issue 5, Tokens: ``amobridge keys rotate`` re-encrypts every stored secret with the new key, so
+"""``amobridge keys rotate`` re-encrypts every stored secret with the new key, so
 the old key can be removed and the connections keep working.
 
 The operator's procedure (docs/operating.md): put the new key B in front of the old key A

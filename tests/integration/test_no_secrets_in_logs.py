@@ -1,4 +1,4 @@
-"""Issue 5, Tokens: nothing ever logs a token or secret.
+"""Invariant: nothing ever logs a token or secret.
 
 Every log record of every logger (the root at DEBUG: the service, the SDK, the sandbox,
 SQLAlchemy's statements and parameters, httpx) is captured during every flow — redirect connect,

@@ -1,6 +1,6 @@
-"""Issue 5, Proof: many worker **processes** share one expired grant and refresh it exactly once.
+"""Proof: many worker **processes** share one expired grant and refresh it exactly once.
 
-amocrm-api.md §2.2: a refresh token is single-use — a second refresh with the same token answers
+amoCRM's refresh tokens are single-use — a second refresh with the same token answers
 401 and, in a real account, a grant spent twice is lost. So however many processes find the access
 token expired at once, the sandbox must see exactly one ``grant_type=refresh_token`` request, and
 every call must succeed with the new pair (the cross-process lease of

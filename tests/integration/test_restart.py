@@ -1,7 +1,7 @@
-"""Issue 5, Proof: kill the service mid-flow (SIGKILL, no shutdown code runs); tokens survive, the
+"""Proof: kill the service mid-flow (SIGKILL, no shutdown code runs); tokens survive, the
 connection works after the restart, and an interrupted flow can simply be finished or restarted.
 
-Seed 000 lost its tokens on every restart (they lived in memory). Here ``amobridge serve`` runs
+A service that keeps tokens in memory loses them on every restart. Here ``amobridge serve`` runs
 as a real process on SQLite (WAL) against the sandbox as a real server; the test kills it with
 SIGKILL while one owner is connected, two have a state issued (one with the user's consent given
 and its callback still to come) and one callback is inside its code exchange, then restarts it on

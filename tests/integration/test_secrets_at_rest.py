@@ -1,9 +1,9 @@
-"""Issue 5, Tokens: tokens and client secrets are encrypted at rest — after every flow, not one
+"""Invariant: tokens and client secrets are encrypted at rest — after every flow, not one
 token or secret the sandbox issued is found in plaintext in the database: not in any column of
 any table (SQLite and PostgreSQL), not in the SQLite file, its WAL or its shared-memory file.
 
-Seed 000 kept tokens in a plaintext JSON file; a database dump or a stolen backup must not hand
-out working amoCRM grants.
+Tokens kept in a plaintext JSON file leak with any copy of it; a database dump or a stolen
+backup must not hand out working amoCRM grants.
 """
 
 from __future__ import annotations

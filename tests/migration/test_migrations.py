@@ -1,5 +1,5 @@
 """Migrations: upgrade, downgrade, upgrade again; then autogenerate finds no difference between
-the migrated schema and ``storage.tables`` (STYLE §10). On SQLite always, on PostgreSQL when present."""
+the migrated schema and ``storage.tables``. On SQLite always, on PostgreSQL when present."""
 
 from __future__ import annotations
 

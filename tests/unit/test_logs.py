@@ -1,5 +1,5 @@
 """``amobridge.logs.configure_logging``: one handler on the root logger, text or JSON lines, and
-every token-like value masked whoever logs it (issue 5: nothing ever logs a token or secret)."""
+every token-like value masked whoever logs it (nothing ever logs a token or secret)."""
 
 from __future__ import annotations
 

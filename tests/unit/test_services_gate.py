@@ -1,4 +1,4 @@
-"""The PostgreSQL/Redis gate: skip locally with a reason, fail under CI (issue 3, section 1)."""
+"""The PostgreSQL/Redis gate: skip locally with a reason, fail under CI."""
 
 from __future__ import annotations
 

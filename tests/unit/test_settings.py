@@ -1,4 +1,4 @@
-"""Settings: AMOBRIDGE_ prefix, nested groups, placeholders refused (seed 002), docs complete."""
+"""Settings: AMOBRIDGE_ prefix, nested groups, placeholders refused, docs complete."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_placeholder_secret_refused(monkeypatch: pytest.MonkeyPatch, value: str)
 
 
 def test_placeholder_numbers() -> None:
-    assert placeholder_problem(12345678) is not None  # seed 002's AMOCRM_STAGE_LESSON_1
+    assert placeholder_problem(12345678) is not None  # a guide's placeholder stage id
     assert placeholder_problem(123456) is not None
     assert placeholder_problem(65432100) is None
     assert placeholder_problem("a9f3c2d1-real") is None

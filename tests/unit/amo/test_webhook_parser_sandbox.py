@@ -1,8 +1,8 @@
 """What the sandbox's webhook sender POSTs parses into the right events.
 
-The sandbox builds its bodies without the SDK (STYLE.md §7), so a shape one of them gets wrong
-shows up here. Changes are made through the sandbox's API and control API, as a manager would;
-every body is parsed exactly as it arrived on the wire.
+The sandbox builds its bodies without the SDK (it imports nothing from it), so a shape one of
+them gets wrong shows up here. Changes are made through the sandbox's API and control API, as a
+manager would; every body is parsed exactly as it arrived on the wire.
 """
 
 from __future__ import annotations

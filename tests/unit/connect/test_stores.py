@@ -1,4 +1,4 @@
-"""OAuth states and button secrets (issue 5): signed, expiring, single-use, bound to an owner."""
+"""OAuth states and button secrets: signed, expiring, single-use, bound to an owner."""
 
 from __future__ import annotations
 
