@@ -253,7 +253,7 @@ def connections_import_env(
     env_file: Annotated[Path, typer.Argument(help="The .env holding AMOCRM_* / AMO_* values.")],
     owner: Annotated[str, typer.Option(help="Owner id for the imported connection.")] = "default",
 ) -> None:
-    """Turn a seed-style .env (AMOCRM_SUBDOMAIN, AMOCRM_ACCESS_TOKEN, AMO_DOMAIN, …) into a
+    """Turn a hand-built integration's .env (AMOCRM_SUBDOMAIN, AMOCRM_ACCESS_TOKEN, AMO_DOMAIN, …) into a
     connection, so an existing single-account setup migrates in one command."""
     from amobridge.connect.envimport import read_legacy_env
     from amobridge.services import Services

@@ -240,7 +240,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_file=".env",
         env_file_encoding="utf-8",
-        # .env files also hold other apps' variables (the seeds' AMOCRM_*): ignored here, while
+        # .env files also hold other apps' variables (e.g. AMOCRM_*): ignored here, while
         # unknown AMOBRIDGE_* names are refused by load_settings() and the groups' extra="forbid".
         extra="ignore",
         frozen=True,

@@ -1,4 +1,4 @@
-"""Read the seeds' single-account ``.env`` (``AMOCRM_*``, ``AMO_*``) for
+"""Read a hand-built integration's single-account ``.env`` (``AMOCRM_*``, ``AMO_*``) for
 ``amobridge connections import-env``."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dotenv import dotenv_values
 
 from amobridge.settings import placeholder_problem
 
-# Each value and the names the seeds used for it, first match wins.
+# Each value and the names hand-built integrations use for it, first match wins.
 NAMES = {
     "domain": (
         "AMOCRM_DOMAIN",
