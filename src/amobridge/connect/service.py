@@ -366,7 +366,10 @@ class ConnectService:
             f"{client_uuid}|{int(account_id)}".encode(),
             hashlib.sha256,
         ).hexdigest()
-        if not hmac.compare_digest(expected, signature.lower()):
+        # Bytes, not str: compare_digest raises TypeError on a non-ASCII str.
+        if not hmac.compare_digest(
+            expected.encode(), signature.lower().encode("utf-8", "surrogatepass")
+        ):
             raise Unauthorized("bad signature")
         connections = self.connections(session)
         rows = [

@@ -64,9 +64,14 @@ class StateSigner:
 
     def valid(self, state: str) -> bool:
         nonce, dot, mac = state.partition(".")
-        if not dot or not nonce or len(state) > 200:
+        # We issue ASCII only; anything else is forged. Checked first because compare_digest
+        # raises TypeError on a non-ASCII str, and a lone surrogate (valid in a JSON body)
+        # cannot even be encoded for the MAC.
+        if not dot or not nonce or len(state) > 200 or not state.isascii():
             return False
-        return any(hmac.compare_digest(mac, self._mac(key, nonce)) for key in self._keys)
+        return any(
+            hmac.compare_digest(mac.encode(), self._mac(key, nonce).encode()) for key in self._keys
+        )
 
     @staticmethod
     def _mac(key: bytes, nonce: str) -> str:

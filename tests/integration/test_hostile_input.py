@@ -1,0 +1,60 @@
+"""Hostile input at every edge of the service: odd characters, absurd sizes and numbers, each
+answered with a 4xx and a JSON ``detail`` (the callback page: a 400 page), never a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+NON_ASCII_STATE = "\u03a9.\u00fc"
+
+
+def _assert_json_4xx(reply: httpx.Response, *codes: int) -> None:
+    assert reply.status_code in codes, (reply.status_code, reply.text[:300])
+    assert isinstance(reply.json()["detail"], str)
+
+
+async def _button_state(stack: Any) -> str:
+    page = await stack.http.get(
+        "/amocrm/connect", params={"owner": "u"}, headers=stack.app_headers()
+    )
+    assert page.status_code == 200, page.text
+    return page.text.split('data-state="', 1)[1].split('"', 1)[0]
+
+
+# --- non-ASCII state and signature: hmac.compare_digest refuses non-ASCII str ---------------
+
+
+async def test_callback_with_non_ascii_state_is_a_400_page(stack: Any) -> None:
+    reply = await stack.http.get("/amocrm/callback", params={"state": NON_ASCII_STATE})
+    assert reply.status_code == 400
+    assert 'data-error="state_forged"' in reply.text
+
+
+async def test_secrets_with_non_ascii_state_is_refused(stack: Any) -> None:
+    for body in (
+        '{"client_id": "c", "client_secret": "s", "state": "\u03a9.\u00fc"}',
+        # a lone surrogate is valid JSON but cannot be encoded at all
+        '{"client_id": "c", "client_secret": "s", "state": "\\ud800.x"}',
+    ):
+        reply = await stack.http.post(
+            "/amocrm/secrets", content=body, headers={"content-type": "application/json"}
+        )
+        _assert_json_4xx(reply, 403)
+        assert "forged" in reply.json()["detail"]
+
+
+async def test_uninstall_with_non_ascii_signature_or_client_uuid_is_a_401(stack: Any) -> None:
+    await stack.connect("u")
+    client_id = stack.integration["client_id"]
+    account_id = stack.account["id"]
+    for params in (
+        {"account_id": account_id, "client_uuid": client_id, "signature": "\u00fc" * 64},
+        {"account_id": account_id, "client_uuid": "\u03a9" + client_id, "signature": "0" * 64},
+    ):
+        _assert_json_4xx(await stack.http.get("/amocrm/uninstall", params=params), 401)
+    status = await stack.http.get(
+        "/amocrm/status", params={"owner": "u"}, headers=stack.app_headers()
+    )
+    assert status.json()["status"] == "active"
