@@ -224,6 +224,29 @@ def test_pipeline_finds_statuses_by_name_or_id() -> None:
     assert pipeline.status("Оплачено") is None
 
 
+def test_stage_names_match_with_yo_read_as_ye() -> None:
+    """A stage written "Прошёл второй урок" in amoCRM is found as "ПРОШЕЛ ВТОРОЙ УРОК" in a rule,
+    and the other way round: people type «е» for «ё» all the time."""
+    pipeline = Pipeline.model_validate(
+        {
+            "id": 9,
+            "name": "onAI Academy",
+            "_embedded": {
+                "statuses": [
+                    {"id": 11, "name": "Прошёл второй урок", "type": 0},
+                    {"id": 12, "name": "ПРОШЕЛ ТРЕТИЙ УРОК", "type": 0},
+                ]
+            },
+        }
+    )
+    second = pipeline.status("ПРОШЕЛ ВТОРОЙ УРОК")
+    assert second is not None
+    assert second.id == 11
+    third = pipeline.status("прошёл третий урок")
+    assert third is not None
+    assert third.id == 12
+
+
 def test_account_and_user() -> None:
     account = Account.model_validate(
         {"id": 30000001, "subdomain": "acme", "_embedded": {"users_groups": []}, "x": 1}

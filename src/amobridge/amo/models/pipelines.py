@@ -67,13 +67,14 @@ class Pipeline(AmoModel):
         return self.embedded.statuses
 
     def status(self, name_or_id: int | str) -> Status | None:
-        """The status named ``name_or_id`` (case- and space-insensitive) or with that id."""
+        """The status named ``name_or_id`` (case-, space- and ё/е-insensitive) or with that id."""
         return match_by_name_or_id(self.statuses, name_or_id)
 
 
 def normalise_name(name: str) -> str:
-    """How names are compared: case-insensitive, with runs of whitespace collapsed."""
-    return " ".join(name.split()).casefold()
+    """How names are compared: case-insensitive, with runs of whitespace collapsed, and Russian
+    «ё» read as «е» (people type "ПРОШЕЛ" for a stage named "Прошёл", and the other way round)."""
+    return " ".join(name.split()).casefold().replace("ё", "е")
 
 
 N = TypeVar("N", Status, Pipeline)
