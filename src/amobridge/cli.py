@@ -239,13 +239,38 @@ def connections_list() -> None:
             await services.stop()
 
     rows = _run(go())
+    typer.echo(f"database: {_shown_database(settings)}", err=True)
     if not rows:
         typer.echo("no connections")
+        return
+    table = [("OWNER", "ACCOUNT", "STATUS", "TOKEN EXPIRES", "LAST REFRESH", "LAST ERROR")]
     for row in rows:
-        typer.echo(
-            f"{row['owner']}\t{row['domain']}\t{row['status']}\texpires {row['expiresAt']}"
-            f"\tlast error: {row['lastError'] or '-'}"
+        expires = "long-lived" if row.get("longLived") else (row["expiresAt"] or "-")
+        table.append(
+            (
+                row["owner"],
+                row["domain"] or "-",
+                row["status"],
+                expires,
+                row["lastRefreshAt"] or "-",
+                (row["lastError"] or "-").replace("\n", " ")[:80],
+            )
         )
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(table[0]) - 1)]
+    for line in table:
+        cells = [str(cell).ljust(width) for cell, width in zip(line, widths, strict=False)]
+        typer.echo("  ".join([*cells, str(line[-1])]))
+
+
+def _shown_database(settings: Settings) -> str:
+    """The database URL without a password, and an SQLite path made absolute: a command run from
+    another folder would otherwise silently use another ``./data`` database."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database.url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return f"sqlite:///{Path(url.database).resolve()}"
+    return url.render_as_string(hide_password=True)
 
 
 @connections_app.command("import-env")
