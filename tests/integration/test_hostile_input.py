@@ -3,6 +3,8 @@ answered with a 4xx and a JSON ``detail`` (the callback page: a 400 page), never
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 
 import httpx
@@ -58,3 +60,22 @@ async def test_uninstall_with_non_ascii_signature_or_client_uuid_is_a_401(stack:
         "/amocrm/status", params={"owner": "u"}, headers=stack.app_headers()
     )
     assert status.json()["status"] == "active"
+
+
+# --- account ids: only ASCII digits that fit a BIGINT ---------------------------------------
+
+
+async def test_uninstall_account_id_must_be_ascii_digits(stack: Any) -> None:
+    await stack.connect("u")
+    client_id = stack.integration["client_id"]
+    secret = stack.integration["client_secret"].encode()
+    for account_id in ("\u00b2\u00b3", "\u0661\u0662", "9" * 19, "9" * 20, "-1", " 1"):
+        # correctly signed, so only the account id itself can be refused (on PostgreSQL a
+        # 20-digit id would overflow BIGINT in the lookup)
+        signed = f"{client_id}|{int(account_id) if account_id.isascii() else 0}".encode()
+        signature = hmac.new(secret, signed, hashlib.sha256).hexdigest()
+        reply = await stack.http.get(
+            "/amocrm/uninstall",
+            params={"account_id": account_id, "client_uuid": client_id, "signature": signature},
+        )
+        _assert_json_4xx(reply, 401)

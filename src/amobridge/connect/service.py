@@ -355,8 +355,12 @@ class ConnectService:
         self, session: AsyncSession, account_id: str, client_uuid: str, signature: str
     ) -> int:
         """amoCRM's disconnect hook: verify the signature, then disconnect locally."""
-        if not account_id.isdigit() or not client_uuid or not signature:
+        # ASCII digits only ("²".isdigit() is true, int() refuses it), and at most 18 of them
+        # so the id fits the database's BIGINT.
+        if not account_id or not client_uuid or not signature:
             raise Unauthorized("account_id, client_uuid and signature are required")
+        if not _ascii_digits(account_id, 18):
+            raise Unauthorized("account_id must be a number of at most 18 digits")
         integrations = self.integrations(session)
         integration = await integrations.by_client_id(client_uuid)
         if integration is None:
@@ -390,6 +394,10 @@ class ConnectService:
             )
             await self.clients.forget(row.id)
         return len(rows)
+
+
+def _ascii_digits(value: str, max_length: int) -> bool:
+    return 0 < len(value) <= max_length and value.isascii() and value.isdigit()
 
 
 def _iso(value: datetime | None) -> str | None:
