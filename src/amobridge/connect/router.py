@@ -193,7 +193,8 @@ async def status(
     return await svc.current_status(principal.owner_for(owner))
 
 
-@router.api_route("/amocrm/disconnect", methods=["DELETE", "POST"], summary="Disconnect")
+@router.delete("/amocrm/disconnect", summary="Disconnect")
+@router.post("/amocrm/disconnect", summary="Disconnect (POST, for clients that cannot send DELETE)")
 async def disconnect(
     svc: Service,
     session: WriteSession,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -67,6 +67,20 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     from amobridge.connect.router import router as connect_router
 
     app.include_router(connect_router)
+
+    @app.get("/", tags=["ops"], summary="Where things are")
+    async def index(request: Request) -> dict[str, str]:
+        root = request.scope.get("root_path", "")
+        return {
+            "service": "amobridge",
+            "version": __version__,
+            "docs": f"{root}/docs",
+            "openapi": f"{root}/openapi.json",
+            "health": f"{root}/healthz",
+            "ready": f"{root}/readyz",
+            "connect": f"{root}/amocrm/auth?owner=…",
+            "status": f"{root}/amocrm/status?owner=…",
+        }
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
