@@ -79,3 +79,15 @@ async def test_uninstall_account_id_must_be_ascii_digits(stack: Any) -> None:
             params={"account_id": account_id, "client_uuid": client_id, "signature": signature},
         )
         _assert_json_4xx(reply, 401)
+
+
+# --- bodies the JSON parser cannot take -----------------------------------------------------
+
+
+async def test_secrets_with_deeply_nested_json_is_a_400(stack: Any) -> None:
+    for body in ("[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000):
+        reply = await stack.http.post(
+            "/amocrm/secrets", content=body, headers={"content-type": "application/json"}
+        )
+        _assert_json_4xx(reply, 400)
+        assert "nested too deeply" in reply.json()["detail"]

@@ -414,6 +414,8 @@ def _parse_body(body: bytes, content_type: str) -> dict[str, Any]:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise ServiceError("body is not valid JSON") from None
+        except RecursionError:  # "[[[[…" nested deeper than the parser's recursion limit
+            raise ServiceError("body is not valid JSON: nested too deeply") from None
         if not isinstance(data, dict):
             raise ServiceError("body must be a JSON object")
         return data
