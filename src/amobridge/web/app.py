@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from amobridge import __version__
 from amobridge.services import Services
 from amobridge.settings import Settings
+from amobridge.web.docs import install_docs
 from amobridge.web.errors import install_error_handlers
 
 __all__ = ["Services", "create_app"]
@@ -57,6 +58,8 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         version=__version__,
         lifespan=lifespan,
         description="Connects business backends to amoCRM / Kommo and keeps them connected.",
+        docs_url=None,  # served by install_docs from the app's own files (no CDN)
+        redoc_url=None,  # ReDoc would load from a CDN
     )
     app.state.services = services
     root_path = settings.server.root_path.strip().rstrip("/")
@@ -67,6 +70,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     from amobridge.connect.router import router as connect_router
 
     app.include_router(connect_router)
+    install_docs(app)
 
     @app.get("/", tags=["ops"], summary="Where things are")
     async def index(request: Request) -> dict[str, str]:
