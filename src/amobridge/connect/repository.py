@@ -16,17 +16,24 @@ Three rules keep a grant alive across processes:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amobridge.storage.crypto import Keyring
 from amobridge.storage.repository import Repository
-from amobridge.storage.tables import Connection, HostNotification, Integration, utcnow
+from amobridge.storage.tables import (
+    Connection,
+    HostNotification,
+    Integration,
+    UsedHookSignature,
+    utcnow,
+)
 
 REFRESH_LIFETIME = timedelta(days=90)
 
@@ -450,5 +457,46 @@ class NotificationRepository(Repository[HostNotification]):
             update(HostNotification)
             .where(HostNotification.id == notification_id)
             .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+
+
+class HookSignatureRepository(Repository[UsedHookSignature]):
+    """Signed uninstall hooks already acted on: amoCRM's hook has no timestamp, so the same
+    signed URL arriving again is refused rather than disconnecting a re-connected account."""
+
+    model = UsedHookSignature
+
+    @staticmethod
+    def digest(*, client_uuid: str, account_id: int, signature: str) -> str:
+        # Length-prefixed parts: no two different triples share a digest.
+        parts = (client_uuid, str(account_id), signature.lower())
+        joined = "".join(f"{len(part)}:{part}" for part in parts)
+        return hashlib.sha256(joined.encode("utf-8", "surrogatepass")).hexdigest()
+
+    async def claim(self, *, client_uuid: str, account_id: int, signature: str) -> bool:
+        """Record the hook as used: one ``INSERT … ON CONFLICT DO NOTHING``. False when it was
+        already recorded (a replay); two concurrent deliveries cannot both get True."""
+        insert: Any = self.insert()  # the dialect's Insert: both know on_conflict_do_nothing
+        result = await self.session.execute(
+            insert.values(
+                id=self.digest(client_uuid=client_uuid, account_id=account_id, signature=signature),
+                client_uuid=client_uuid,
+                account_id=account_id,
+                used_at=await self.db_now(),
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(UsedHookSignature.id)
+        )
+        return result.scalar_one_or_none() is not None
+
+    async def forget(self, *, client_uuid: str, account_id: int) -> None:
+        """The account connected the integration again: its next uninstall is a real one."""
+        await self.session.execute(
+            delete(UsedHookSignature)
+            .where(
+                UsedHookSignature.client_uuid == client_uuid,
+                UsedHookSignature.account_id == account_id,
+            )
             .execution_options(synchronize_session=False)
         )

@@ -216,5 +216,6 @@ async def uninstall(
 ) -> dict[str, Any]:
     if len(signature) > 128 or len(client_uuid) > 128 or len(account_id) > 20:
         raise ServiceError("parameter too long", status_code=401)
-    count = await svc.uninstall(session, account_id, client_uuid, signature)
-    return {"disconnected": count}
+    done = await svc.uninstall(session, account_id, client_uuid, signature)
+    # 200 for a replay too: amoCRM expects it, and nothing was changed.
+    return {"disconnected": done.disconnected, "replayed": done.replayed}

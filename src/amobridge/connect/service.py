@@ -38,7 +38,12 @@ from amobridge.amo.domains import parse_account_domain, token_claims
 from amobridge.amo.errors import AmoInvalidDomain
 from amobridge.audit import AuditRepository
 from amobridge.connect.clients import ConnectionClients
-from amobridge.connect.repository import ConnectionRepository, IntegrationRepository, Tokens
+from amobridge.connect.repository import (
+    ConnectionRepository,
+    HookSignatureRepository,
+    IntegrationRepository,
+    Tokens,
+)
 from amobridge.connect.status_cache import StatusCache
 from amobridge.connect.stores import ButtonSecretStore, ReturnTo, StateStore
 from amobridge.errors import NotFound, ServiceError, Unauthorized
@@ -48,6 +53,14 @@ from amobridge.storage.db import Database
 from amobridge.storage.tables import Connection
 
 log = logging.getLogger("amobridge.connect")
+
+
+@dataclass(frozen=True)
+class Uninstalled:
+    """What amoCRM's uninstall hook did: connections disconnected, or nothing (a replay)."""
+
+    disconnected: int
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -219,11 +232,17 @@ class ConnectService:
                 name=credentials.name,
             )
             integration_id = integration.id
+        account = int(account_id) if isinstance(account_id, int) else None
+        if credentials is not None and account is not None:
+            # Connected again: amoCRM signs its next uninstall hook exactly as the last one.
+            await HookSignatureRepository(session).forget(
+                client_uuid=credentials.client_id, account_id=account
+            )
         connection = await self.connections(session).connect(
             owner=owner,
             integration_id=integration_id,
             host=host,
-            account_id=int(account_id) if isinstance(account_id, int) else None,
+            account_id=account,
             tokens=Tokens(
                 tokens.access_token,
                 tokens.refresh_token,
@@ -353,8 +372,9 @@ class ConnectService:
 
     async def uninstall(
         self, session: AsyncSession, account_id: str, client_uuid: str, signature: str
-    ) -> int:
-        """amoCRM's disconnect hook: verify the signature, then disconnect locally."""
+    ) -> Uninstalled:
+        """amoCRM's disconnect hook: verify the signature, refuse one already acted on (the hook
+        has no timestamp, so a logged URL could be replayed), then disconnect locally."""
         # ASCII digits only ("²".isdigit() is true, int() refuses it), and at most 18 of them
         # so the id fits the database's BIGINT.
         if not account_id or not client_uuid or not signature:
@@ -376,12 +396,30 @@ class ConnectService:
         ):
             raise Unauthorized("bad signature")
         connections = self.connections(session)
-        rows = [
+        audit = AuditRepository(session)
+        ours = [
             r
             for r in await connections.by_account(int(account_id))
-            if r.integration_id == integration.id and r.status != "disconnected"
+            if r.integration_id == integration.id
         ]
-        audit = AuditRepository(session)
+        if not await HookSignatureRepository(session).claim(
+            client_uuid=client_uuid, account_id=int(account_id), signature=signature
+        ):
+            targets: list[Connection | None] = [*ours] or [None]
+            for row in targets:
+                audit.record(
+                    actor="amocrm",
+                    action="uninstall.replayed",
+                    success=False,
+                    owner=row.owner if row else None,
+                    connection_id=row.id if row else None,
+                    message=f"refused an uninstall hook already acted on (account {account_id}); "
+                    "nothing changed",
+                    details={"client_id": client_uuid},
+                )
+            log.warning("refused a replayed uninstall hook for account %s", account_id)
+            return Uninstalled(0, replayed=True)
+        rows = [r for r in ours if r.status != "disconnected"]
         for row in rows:
             connections.disconnect_row(row)
             audit.record(
@@ -393,7 +431,7 @@ class ConnectService:
                 message=f"amoCRM reported the integration disabled in {row.host}",
             )
             await self.clients.forget(row.id)
-        return len(rows)
+        return Uninstalled(len(rows))
 
 
 def _ascii_digits(value: str, max_length: int) -> bool:

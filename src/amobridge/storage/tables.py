@@ -154,6 +154,25 @@ class ButtonSecret(Base):
     __table_args__ = (Index("ix_button_secrets_expires_at", "expires_at"),)
 
 
+class UsedHookSignature(Base):
+    """A signed amoCRM uninstall hook already acted on. The hook carries no timestamp and amoCRM
+    signs the same ``client_uuid|account_id`` every time, so a logged hook URL would disconnect
+    the account again: a second arrival of the same triple is refused as a replay. Rows of an
+    account and integration are deleted when that account is connected again, so the next real
+    uninstall works. ``id`` is the SHA-256 of ``client_uuid``, ``account_id`` and the signature."""
+
+    __tablename__ = "used_hook_signatures"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_uuid: Mapped[str] = mapped_column(String(128))
+    account_id: Mapped[int] = mapped_column(BigInteger)
+    used_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index("ix_used_hook_signatures_client_uuid_account", "client_uuid", "account_id"),
+    )
+
+
 class ApiKey(Base):
     """A host app's API key. Only a SHA-256 of the key is stored; ``prefix`` identifies it."""
 
