@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from typing import Any
 
 import httpx
+import jwt
 
 NON_ASCII_STATE = "\u03a9.\u00fc"
+# amobridge reads an imported token's claims without verifying; any key will do (32 bytes
+# keeps PyJWT from warning about a short HMAC key).
+UNVERIFIED_KEY = "k" * 32
 
 
 def _assert_json_4xx(reply: httpx.Response, *codes: int) -> None:
@@ -91,3 +96,38 @@ async def test_secrets_with_deeply_nested_json_is_a_400(stack: Any) -> None:
         )
         _assert_json_4xx(reply, 400)
         assert "nested too deeply" in reply.json()["detail"]
+
+
+# --- token import: claims of an unverified JWT are input too --------------------------------
+
+
+async def test_import_tokens_with_absurd_exp_or_account_id_is_a_400(stack: Any) -> None:
+    for claims, named in (
+        ({"exp": 1e18}, "exp"),
+        ({"exp": 1e308}, "exp"),
+        ({"exp": -1e12}, "exp"),
+        ({"exp": 10**400}, "exp"),
+        ({"exp": float("nan")}, "exp"),
+        ({"exp": 2_000_000_000, "account_id": 10**30}, "account_id"),
+    ):
+        token = jwt.encode(claims, UNVERIFIED_KEY, algorithm="HS256")
+        reply = await stack.http.post(
+            "/amocrm/tokens",
+            json={"owner": "dev", "domain": "acme", "access_token": token},
+            headers=stack.admin_headers(),
+        )
+        _assert_json_4xx(reply, 400)
+        assert f"{named} claim" in reply.json()["detail"]
+        assert token not in reply.text
+
+
+async def test_import_tokens_with_a_plausible_exp_still_works(stack: Any) -> None:
+    token = jwt.encode(
+        {"exp": time.time() + 86400, "account_id": 1}, UNVERIFIED_KEY, algorithm="HS256"
+    )
+    reply = await stack.http.post(
+        "/amocrm/tokens",
+        json={"owner": "dev", "domain": "acme", "access_token": token},
+        headers=stack.admin_headers(),
+    )
+    assert reply.status_code == 201, reply.text

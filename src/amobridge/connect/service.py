@@ -283,8 +283,10 @@ class ConnectService:
         except AmoInvalidDomain as exc:
             raise ServiceError(str(exc)) from None
         now = time.time()
+        # The token is decoded unverified: its claims are caller input like any other field.
         claims = token_claims(access_token)
         exp = claims.get("exp")
+        _check_claims(claims, now)
         if expires_in is not None:
             expires_at = now + expires_in
         elif isinstance(exp, int | float):
@@ -432,6 +434,35 @@ class ConnectService:
             )
             await self.clients.forget(row.id)
         return Uninstalled(len(rows))
+
+
+# An access token lives at most 5 years (amoCRM's long-lived tokens); ten leaves room for clock
+# skew while keeping every expiry a datetime (and a database timestamp) can hold.
+MAX_TOKEN_LIFETIME_SECONDS = 10 * 365 * 86400
+MAX_BIGINT = 2**63 - 1
+
+
+def _check_claims(claims: dict[str, Any], now: float) -> None:
+    """Refuse claims :meth:`ConnectService.save_connection` could not store: an ``exp`` that
+    overflows a datetime (1e18, 1e308, -1e12), an ``account_id`` that overflows BIGINT."""
+    exp = claims.get("exp")
+    # NaN and infinities fail the comparison too (never math.isfinite: a huge int overflows it).
+    if (
+        isinstance(exp, int | float)
+        and not isinstance(exp, bool)
+        and not 0 <= exp <= now + MAX_TOKEN_LIFETIME_SECONDS
+    ):
+        raise ServiceError(
+            "the access token's exp claim is not a plausible expiry time: expected a Unix "
+            "time between 1970 and ten years from now"
+        )
+    account_id = claims.get("account_id")
+    if (
+        isinstance(account_id, int)
+        and not isinstance(account_id, bool)
+        and not 0 < account_id <= MAX_BIGINT
+    ):
+        raise ServiceError("the access token's account_id claim is not a valid account id")
 
 
 def _ascii_digits(value: str, max_length: int) -> bool:
