@@ -4,6 +4,9 @@ Tokens are shown as a prefix (``eyJ0eX…``) by :func:`mask_token`; :func:`mask_
 token-like in free text (JWTs, amoCRM's ``def502…`` refresh tokens and codes, ``Bearer …`` values,
 ``access_token``/``refresh_token``/``client_secret``/``token``/``X-Refresh-Token``/``Authorization``
 fields in JSON, headers or form bodies) and masks it; authorization codes are ``def502…`` values.
+In a URL's query string (an access-log line: uvicorn logs the full path) the values of
+``api_key``, ``token``, ``access_token``, ``refresh_token``, ``code``, ``signature``,
+``client_secret`` and ``state`` are masked whatever they look like, however short.
 :class:`TokenMaskingFilter` applies it to every record as a safety net: it is installed on the
 ``amobridge.amo`` logger, and applications may add it to their own handlers too.
 """
@@ -42,6 +45,27 @@ _PATTERNS: tuple[re.Pattern[str], ...] = (
 )
 
 
+# Query parameters whose value is a credential or single-use proof, whatever its shape: a state
+# or an uninstall signature replays, a code is exchanged, a key or token authenticates.
+_QUERY_SECRETS = (
+    "api_key",
+    "token",
+    "access_token",
+    "refresh_token",
+    "code",
+    "signature",
+    "client_secret",
+    "state",
+)
+_QUERY_PATTERN = re.compile(
+    r"(?P<lead>[?&;](?:" + "|".join(_QUERY_SECRETS) + r")=)(?P<secret>[^&;#\s\"']+)",
+    re.IGNORECASE,
+)
+# A value shorter than this shows no prefix at all: six characters of an eight-character code
+# would be most of it.
+_QUERY_PREFIX_FROM = 2 * PREFIX_LENGTH
+
+
 def mask_token(token: str | None) -> str:
     """A token shown as its first characters and an ellipsis (``eyJ0eX…``); never the whole."""
     if not token:
@@ -58,17 +82,33 @@ def _replace(match: re.Match[str]) -> str:
     return match.group("lead") + mask_token(secret)
 
 
+def _replace_query(match: re.Match[str]) -> str:
+    secret = match.group("secret")
+    if secret.endswith(ELLIPSIS):  # already masked
+        return match.group(0)
+    shown = secret[:PREFIX_LENGTH] if len(secret) >= _QUERY_PREFIX_FROM else ""
+    return match.group("lead") + shown + ELLIPSIS
+
+
 def mask_text(text: str) -> str:
     """``text`` with every token-like value cut to a prefix."""
+    text = _QUERY_PATTERN.sub(_replace_query, text)
     for pattern in _PATTERNS:
         text = pattern.sub(_replace, text)
     return text
 
 
 class TokenMaskingFilter(logging.Filter):
-    """Masks token-like values in a record's final message (after %-formatting) and exception."""
+    """Masks token-like values in a record's final message (after %-formatting) and exception.
+
+    String arguments are masked in place first, so a record keeps its ``args`` tuple: uvicorn's
+    ``AccessFormatter`` unpacks the access record's (client, method, path, version, status)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                mask_text(arg) if isinstance(arg, str) else arg for arg in record.args
+            )
         try:
             message = record.getMessage()
         except (TypeError, ValueError):  # a broken format string: leave it to the handler
