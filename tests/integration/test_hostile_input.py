@@ -131,3 +131,64 @@ async def test_import_tokens_with_a_plausible_exp_still_works(stack: Any) -> Non
         headers=stack.admin_headers(),
     )
     assert reply.status_code == 201, reply.text
+
+
+# --- owners and ids: one check wherever they enter (PostgreSQL refuses NUL and > 255) -------
+
+
+async def test_owner_with_nul_or_too_long_is_refused_in_query_jwt_and_body(stack: Any) -> None:
+    for owner in ("a\x00b", "x" * 256, "a\x1fb"):
+        reply = await stack.http.get(
+            "/amocrm/status", params={"owner": owner}, headers=stack.app_headers()
+        )
+        _assert_json_4xx(reply, 400)
+        assert "owner" in reply.json()["detail"]
+        reply = await stack.http.get(
+            "/amocrm/status", headers={"Authorization": f"Bearer {stack.user_token(owner)}"}
+        )
+        _assert_json_4xx(reply, 401)
+        assert "sub" in reply.json()["detail"]
+        token = jwt.encode({"exp": 2_000_000_000}, UNVERIFIED_KEY, algorithm="HS256")
+        reply = await stack.http.post(
+            "/amocrm/tokens",
+            json={"owner": owner, "domain": "acme", "access_token": token},
+            headers=stack.admin_headers(),
+        )
+        _assert_json_4xx(reply, 422)
+        assert "owner" in reply.json()["detail"]
+        reply = await stack.http.post(
+            "/amocrm/exchange-code",
+            json={"owner": owner, "code": "c", "referer": "acme.amocrm.ru"},
+            headers=stack.app_headers(),
+        )
+        _assert_json_4xx(reply, 422)
+
+
+async def test_ids_with_nul_are_refused_in_secrets_uninstall_and_token_import(
+    stack: Any,
+) -> None:
+    state = await _button_state(stack)
+    reply = await stack.http.post(
+        "/amocrm/secrets", json={"client_id": "a\x00b", "client_secret": "s", "state": state}
+    )
+    _assert_json_4xx(reply, 400)
+    assert "client_id" in reply.json()["detail"]
+    reply = await stack.http.get(
+        "/amocrm/uninstall",
+        params={"account_id": "1", "client_uuid": "a\x00b", "signature": "0" * 64},
+    )
+    _assert_json_4xx(reply, 401)
+    token = jwt.encode({"exp": 2_000_000_000}, UNVERIFIED_KEY, algorithm="HS256")
+    for field in ("client_id", "redirect_uri", "domain"):
+        body = {
+            "owner": "dev",
+            "domain": "acme",
+            "access_token": token,
+            "refresh_token": "r",
+            "client_id": "c",
+            "client_secret": "s",
+            field: "a\x00b",
+        }
+        reply = await stack.http.post("/amocrm/tokens", json=body, headers=stack.admin_headers())
+        _assert_json_4xx(reply, 400, 422)
+        assert "a\x00b" not in reply.text

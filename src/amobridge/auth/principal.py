@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
@@ -9,6 +10,24 @@ from amobridge.errors import Forbidden, ServiceError
 
 Role = Literal["admin", "app", "user"]
 KEY_PREFIX = "amb_"
+# The owner and id columns are VARCHAR(255): PostgreSQL refuses a longer value (SQLite would
+# store it), and refuses a NUL byte in any text.
+MAX_IDENTIFIER_LENGTH = 255
+
+
+def identifier_problem(value: str, what: str = "owner") -> str | None:
+    """Why ``value`` cannot be an owner or an id (``what`` names it in the message), or None.
+
+    The one check for every owner and id that enters the service — a query parameter, a JWT
+    ``sub``, a body field — so each is refused the same way, before any database sees it."""
+    if not value.strip():
+        return f"{what} must not be blank"
+    if len(value) > MAX_IDENTIFIER_LENGTH:
+        return f"{what} is longer than {MAX_IDENTIFIER_LENGTH} characters"
+    # Cc: NUL and other control characters; Cs: lone surrogates, which no database can encode.
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
+        return f"{what} must not contain control characters"
+    return None
 
 
 @dataclass(frozen=True)
@@ -32,6 +51,7 @@ class Principal:
             return self.owner
         if not requested or not requested.strip():
             raise ServiceError("owner is required (query parameter or body field 'owner')")
-        if len(requested) > 255:
-            raise ServiceError("owner is longer than 255 characters")
+        problem = identifier_problem(requested)
+        if problem is not None:
+            raise ServiceError(problem)
         return requested

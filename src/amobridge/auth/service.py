@@ -25,7 +25,7 @@ import jwt
 import jwt.types
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from amobridge.auth.principal import KEY_PREFIX, Principal, Role
+from amobridge.auth.principal import KEY_PREFIX, Principal, Role, identifier_problem
 from amobridge.auth.repository import ApiKeyRepository
 from amobridge.errors import Unauthorized
 from amobridge.settings import SecuritySettings
@@ -207,4 +207,7 @@ class AuthService:
         sub = claims.get("sub")
         if not isinstance(sub, str | int) or str(sub).strip() == "":
             raise Unauthorized("invalid token: no subject")
+        problem = identifier_problem(str(sub), "the token's subject (sub)")
+        if problem is not None:
+            raise Unauthorized(f"invalid token: {problem}")
         return Principal(role="user", name=f"user:{sub}", owner=str(sub))

@@ -2,7 +2,33 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from amobridge.auth.principal import identifier_problem
+
+
+def _identifier(what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        problem = identifier_problem(value, what)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(check)
+
+
+def _no_control_characters(value: str) -> str:
+    # PostgreSQL refuses a NUL byte in text; no URL needs any control character.
+    if any(ord(char) < 0x20 or 0xD800 <= ord(char) <= 0xDFFF for char in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+Owner = Annotated[str, _identifier("owner")]
+ClientId = Annotated[str, _identifier("client_id")]
+Plain = Annotated[str, AfterValidator(_no_control_characters)]
 
 
 class _Body(BaseModel):
@@ -11,16 +37,16 @@ class _Body(BaseModel):
 
 class ExchangeCodeBody(_Body):
     code: str = Field(min_length=1, max_length=4096)
-    referer: str = Field(min_length=1, max_length=255)
-    owner: str | None = Field(None, max_length=255)
+    referer: Plain = Field(min_length=1, max_length=255)
+    owner: Owner | None = Field(None, max_length=255)
 
 
 class ImportTokensBody(_Body):
-    owner: str = Field(min_length=1, max_length=255)
-    domain: str = Field(min_length=1, max_length=255, description="acme.amocrm.ru or acme")
+    owner: Owner = Field(min_length=1, max_length=255)
+    domain: Plain = Field(min_length=1, max_length=255, description="acme.amocrm.ru or acme")
     access_token: str = Field(min_length=1, max_length=8192)
     refresh_token: str | None = Field(None, max_length=8192)
     expires_in: int | None = Field(None, ge=1, le=5 * 365 * 86400)
-    client_id: str | None = Field(None, max_length=128)
+    client_id: ClientId | None = Field(None, max_length=128)
     client_secret: str | None = Field(None, max_length=1024)
-    redirect_uri: str | None = Field(None, max_length=2048)
+    redirect_uri: Plain | None = Field(None, max_length=2048)

@@ -37,6 +37,7 @@ from amobridge.amo.auth import TokenSet
 from amobridge.amo.domains import parse_account_domain, token_claims
 from amobridge.amo.errors import AmoInvalidDomain
 from amobridge.audit import AuditRepository
+from amobridge.auth.principal import identifier_problem
 from amobridge.connect.clients import ConnectionClients
 from amobridge.connect.repository import (
     ConnectionRepository,
@@ -190,6 +191,9 @@ class ConnectService:
         assert isinstance(state, str)
         if len(client_id) > 128 or len(client_secret) > 1024:
             raise ServiceError("client_id or client_secret is too long")
+        problem = identifier_problem(client_id, "client_id")
+        if problem is not None:
+            raise ServiceError(problem)
         judged = await self.states.peek(session, state=state)
         if judged.problem is not None or judged.record is None:
             raise ServiceError(
@@ -383,6 +387,9 @@ class ConnectService:
             raise Unauthorized("account_id, client_uuid and signature are required")
         if not _ascii_digits(account_id, 18):
             raise Unauthorized("account_id must be a number of at most 18 digits")
+        problem = identifier_problem(client_uuid, "client_uuid")
+        if problem is not None:
+            raise Unauthorized(problem)
         integrations = self.integrations(session)
         integration = await integrations.by_client_id(client_uuid)
         if integration is None:
