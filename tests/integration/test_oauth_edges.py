@@ -7,8 +7,10 @@ import hashlib
 import hmac
 import io
 import logging
+import re
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 from uvicorn.logging import AccessFormatter
@@ -176,3 +178,98 @@ def test_amobridge_serves_access_lines_through_the_masking_handler() -> None:
     assert "uvicorn.access" in text
     for value in QUERY_SECRETS.values():
         assert value not in text
+
+
+# --- security headers on HTML pages --------------------------------------------------------------
+
+SCRIPT_TAG = re.compile(r"<script\b([^>]*)>", re.IGNORECASE)
+
+
+def assert_secured_page(reply: httpx.Response) -> str:
+    """The page's headers are all there and its every script may run; returns the nonce."""
+    assert reply.headers["content-type"].startswith("text/html"), reply.text
+    assert reply.headers["x-frame-options"] == "DENY"
+    assert reply.headers["referrer-policy"] == "no-referrer"
+    assert reply.headers["x-content-type-options"] == "nosniff"
+    policy = reply.headers["content-security-policy"]
+    directives = {
+        name: value
+        for name, _, value in (part.strip().partition(" ") for part in policy.split(";"))
+        if name
+    }
+    assert directives["frame-ancestors"] == "'none'"
+    assert directives["default-src"] == "'none'"
+    assert "unsafe-inline" not in directives["script-src"]
+    [nonce] = re.findall(r"'nonce-([^']+)'", directives["script-src"])
+    assert len(nonce) >= 16
+    for attributes in SCRIPT_TAG.findall(reply.text):
+        assert f'nonce="{nonce}"' in attributes, attributes
+    return nonce
+
+
+async def test_the_success_and_button_pages_carry_the_security_headers(stack: Any) -> None:
+    success = await stack.connect("u")
+    assert "AmoCRM подключен!" in success.text
+    first = assert_secured_page(success)
+    assert "<script" in success.text  # the opener is told: the nonce lets it run
+
+    button = await stack.http.get(
+        "/amocrm/connect", params={"owner": "u"}, headers=stack.app_headers()
+    )
+    assert button.status_code == 200, button.text
+    second = assert_secured_page(button)
+    assert second != first  # one nonce per response
+    # amoCRM's button script (here the sandbox's) comes from the configured origin.
+    script_src = button.headers["content-security-policy"].split("script-src", 1)[1]
+    assert "http://sandbox.test" in script_src.split(";", 1)[0]
+    assert 'src="http://sandbox.test/auth/button.min.js"' in button.text
+
+
+async def test_the_error_page_carries_the_security_headers(stack: Any) -> None:
+    error = await stack.http.get(
+        "/amocrm/callback", params={"error": "access_denied", "state": "forged.state"}
+    )
+    assert error.status_code == 400
+    assert 'data-status="error"' in error.text
+    assert_secured_page(error)
+
+
+async def test_the_deep_link_page_carries_the_security_headers(stack: Any) -> None:
+    start = await stack.http.get(
+        "/amocrm/auth",
+        params={
+            "owner": "m",
+            "return": "app",
+            "redirect": "foryoure://amocrm/callback",
+            "format": "json",
+        },
+        headers=stack.app_headers(),
+    )
+    assert start.status_code == 200, start.text
+    consent = await stack.control.post(
+        "/_sandbox/authorize",
+        json={
+            "client_id": stack.integration["client_id"],
+            "account_id": stack.account["id"],
+            "state": httpx.URL(start.json()["url"]).params["state"],
+        },
+    )
+    redirect = httpx.URL(consent.json()["redirect_url"])
+    page = await stack.http.get("/amocrm/callback", params=dict(redirect.params))
+    assert page.status_code == 200, page.text
+    assert "foryoure://amocrm/callback?status=success" in page.text
+    assert_secured_page(page)
+
+
+async def test_docs_and_json_answers(stack: Any) -> None:
+    docs = await stack.http.get("/docs")
+    assert docs.status_code == 200
+    assert docs.headers["x-frame-options"] == "DENY"
+    assert docs.headers["referrer-policy"] == "no-referrer"
+    policy = docs.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy
+    assert "script-src 'self' 'unsafe-inline'" in policy  # FastAPI's Swagger page, no CDN
+
+    health = await stack.http.get("/healthz")
+    assert health.headers["x-content-type-options"] == "nosniff"
+    assert "content-security-policy" not in health.headers

@@ -16,6 +16,8 @@ from amobridge.services import Services
 from amobridge.settings import Settings
 from amobridge.web.docs import install_docs
 from amobridge.web.errors import install_error_handlers
+from amobridge.web.headers import SecurityHeadersMiddleware
+from amobridge.web.limits import BodySizeLimitMiddleware
 
 __all__ = ["Services", "create_app"]
 
@@ -62,6 +64,9 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         redoc_url=None,  # ReDoc would load from a CDN
     )
     app.state.services = services
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.server.max_body_bytes)
+    # Added before RootPathMiddleware, so inside it: it sees the path with the prefix resolved.
+    app.add_middleware(SecurityHeadersMiddleware, button_script_url=settings.amo.button_script_url)
     root_path = settings.server.root_path.strip().rstrip("/")
     if root_path:
         app.add_middleware(RootPathMiddleware, root_path="/" + root_path.lstrip("/"))
