@@ -121,7 +121,7 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface (default from settings).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
 ) -> None:
-    """Run the service: connect flows, API, webhooks, workers (migrates the database first)."""
+    """Run the service: connect flows, connection status, background workers (migrates first)."""
     import uvicorn
 
     from amobridge.web.app import create_app
