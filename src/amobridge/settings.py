@@ -158,6 +158,12 @@ class ServerSettings(_Group):
         "127.0.0.1",
         description="Proxies whose X-Forwarded-* headers are trusted (comma-separated, or *).",
     )
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted on any route; a larger one gets 413 before "
+        "it is read.",
+    )
 
 
 class DatabaseSettings(_Group):
@@ -298,6 +304,7 @@ _NUMERIC_LIMITS = frozenset(
         "refresh_leeway_seconds",
         "keepalive_refresh_days",
         "connection_check_ms",
+        "max_body_bytes",
     }
 )
 

@@ -192,3 +192,57 @@ async def test_ids_with_nul_are_refused_in_secrets_uninstall_and_token_import(
         reply = await stack.http.post("/amocrm/tokens", json=body, headers=stack.admin_headers())
         _assert_json_4xx(reply, 400, 422)
         assert "a\x00b" not in reply.text
+
+
+# --- body size: refused before it is read whole ---------------------------------------------
+
+LIMIT = 1024 * 1024  # AMOBRIDGE_SERVER__MAX_BODY_BYTES's default
+
+
+async def test_body_over_the_limit_is_a_413_at_once_and_at_the_limit_reaches_the_route(
+    stack: Any,
+) -> None:
+    assert stack.settings.server.max_body_bytes == LIMIT
+    over = await stack.http.post(
+        "/amocrm/secrets", content=b" " * (LIMIT + 1), headers={"content-type": "text/plain"}
+    )
+    _assert_json_4xx(over, 413)
+    assert str(LIMIT) in over.json()["detail"]
+    at = await stack.http.post(
+        "/amocrm/secrets", content=b" " * LIMIT, headers={"content-type": "text/plain"}
+    )
+    _assert_json_4xx(at, 400)  # the route's own answer: an empty body
+    assert at.json()["detail"] == "empty body"
+    for path in ("/amocrm/tokens", "/amocrm/exchange-code", "/healthz"):
+        reply = await stack.http.post(path, content=b"{" * (LIMIT + 1))
+        _assert_json_4xx(reply, 413)
+
+
+async def test_chunked_body_is_cut_off_as_soon_as_it_passes_the_limit(stack: Any) -> None:
+    chunk = b" " * 65536
+    sent = 0
+
+    async def endless() -> Any:
+        nonlocal sent
+        for _ in range(10_000):  # 640 MiB, were it read whole
+            sent += len(chunk)
+            yield chunk
+
+    reply = await stack.http.post(
+        "/amocrm/secrets", content=endless(), headers={"content-type": "text/plain"}
+    )
+    _assert_json_4xx(reply, 413)
+    assert "transfer-encoding" in reply.request.headers
+    assert sent <= LIMIT + 2 * len(chunk)
+
+
+async def test_chunked_body_under_the_limit_reaches_the_route(stack: Any) -> None:
+    async def small() -> Any:
+        yield b'{"client_id": "c", '
+        yield b'"client_secret": "s", "state": "x.y"}'
+
+    reply = await stack.http.post(
+        "/amocrm/secrets", content=small(), headers={"content-type": "application/json"}
+    )
+    _assert_json_4xx(reply, 403)
+    assert "forged" in reply.json()["detail"]
