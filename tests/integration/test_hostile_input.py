@@ -246,3 +246,21 @@ async def test_chunked_body_under_the_limit_reaches_the_route(stack: Any) -> Non
     )
     _assert_json_4xx(reply, 403)
     assert "forged" in reply.json()["detail"]
+
+
+# --- the OpenAPI document declares what the amoCRM-facing routes take ------------------------
+
+
+async def test_openapi_declares_callback_secrets_and_uninstall_inputs(stack: Any) -> None:
+    paths = (await stack.http.get("/openapi.json")).json()["paths"]
+    names = {p["name"] for p in paths["/amocrm/callback"]["get"]["parameters"]}
+    assert names >= {"code", "state", "referer", "error", "platform", "client_id", "from_widget"}
+    names = {p["name"] for p in paths["/amocrm/uninstall"]["get"]["parameters"]}
+    assert names == {"account_id", "client_uuid", "signature"}
+    content = paths["/amocrm/secrets"]["post"]["requestBody"]["content"]
+    assert set(content) == {"application/json", "application/x-www-form-urlencoded"}
+    assert set(content["application/json"]["schema"]["properties"]) == {
+        "client_id",
+        "client_secret",
+        "state",
+    }

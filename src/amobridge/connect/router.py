@@ -14,7 +14,7 @@ from fastapi.templating import Jinja2Templates
 from amobridge.auth.dependencies import BrowserPrincipal, CurrentPrincipal
 from amobridge.connect.callback import CallbackService
 from amobridge.connect.problems import PROBLEMS, CallbackOutcome
-from amobridge.connect.schemas import ExchangeCodeBody, ImportTokensBody
+from amobridge.connect.schemas import ExchangeCodeBody, ImportTokensBody, SecretsBody
 from amobridge.connect.service import ConnectService
 from amobridge.dependencies import WriteSession
 from amobridge.errors import Forbidden, ServiceError
@@ -87,7 +87,23 @@ async def connect_page(
     )
 
 
-@router.post("/amocrm/secrets", summary="amoCRM's secrets webhook (website button)")
+_SECRETS_SCHEMA = SecretsBody.model_json_schema()
+
+
+@router.post(
+    "/amocrm/secrets",
+    summary="amoCRM's secrets webhook (website button)",
+    # Declared here, not as a parameter: the route reads the raw body, JSON or a form.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _SECRETS_SCHEMA},
+                "application/x-www-form-urlencoded": {"schema": _SECRETS_SCHEMA},
+            },
+        }
+    },
+)
 async def secrets(request: Request, svc: Service, session: WriteSession) -> Response:
     """Exactly 200 on success: amoCRM's popup fails on anything else (a 204 was seen to)."""
     body = await request.body()
@@ -96,7 +112,19 @@ async def secrets(request: Request, svc: Service, session: WriteSession) -> Resp
 
 
 @router.get("/amocrm/callback", response_class=HTMLResponse, summary="OAuth redirect target")
-async def callback(request: Request, svc: Service, flow: Callback) -> Response:
+async def callback(
+    request: Request,
+    svc: Service,
+    flow: Callback,
+    # Declared for the OpenAPI document; the flow reads them (and any other) from the query.
+    code: str | None = None,
+    state: str | None = None,
+    referer: str | None = None,
+    error: str | None = None,
+    platform: str | None = None,
+    client_id: str | None = None,
+    from_widget: str | None = None,
+) -> Response:
     params = {k: v for k, v in request.query_params.items() if isinstance(v, str)}
     outcome = await flow.callback(params)
     return render_outcome(request, svc, outcome)

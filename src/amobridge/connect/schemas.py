@@ -50,3 +50,12 @@ class ImportTokensBody(_Body):
     client_id: ClientId | None = Field(None, max_length=128)
     client_secret: str | None = Field(None, max_length=1024)
     redirect_uri: Plain | None = Field(None, max_length=2048)
+
+
+class SecretsBody(BaseModel):
+    """What amoCRM POSTs to the secrets webhook, for the OpenAPI document only: the route reads
+    the raw body itself (JSON or a form), so these fields are checked there."""
+
+    client_id: str = Field(max_length=128)
+    client_secret: str = Field(max_length=1024)
+    state: str = Field(max_length=200)
