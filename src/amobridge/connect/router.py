@@ -14,7 +14,12 @@ from fastapi.templating import Jinja2Templates
 from amobridge.auth.dependencies import BrowserPrincipal, CurrentPrincipal
 from amobridge.connect.callback import CallbackService
 from amobridge.connect.problems import PROBLEMS, CallbackOutcome
-from amobridge.connect.schemas import ExchangeCodeBody, ImportTokensBody, SecretsBody
+from amobridge.connect.schemas import (
+    ExchangeCodeBody,
+    ImportTokensBody,
+    SecretsBody,
+    error_responses,
+)
 from amobridge.connect.service import ConnectService
 from amobridge.dependencies import WriteSession
 from amobridge.errors import Forbidden, ServiceError
@@ -38,7 +43,14 @@ Service = Annotated[ConnectService, Depends(service)]
 Callback = Annotated[CallbackService, Depends(callback_service)]
 
 
-@router.get("/amocrm/auth", summary="Start the OAuth redirect flow")
+@router.get(
+    "/amocrm/auth",
+    summary="Start the OAuth redirect flow",
+    responses={
+        302: {"description": "Redirect to amoCRM's consent page"},
+        **error_responses(400, 401, 403, 409, 422),
+    },
+)
 async def auth(
     svc: Service,
     session: WriteSession,
@@ -57,7 +69,12 @@ async def auth(
     return RedirectResponse(url, status_code=302)
 
 
-@router.get("/amocrm/connect", response_class=HTMLResponse, summary="Website-button page")
+@router.get(
+    "/amocrm/connect",
+    response_class=HTMLResponse,
+    summary="Website-button page",
+    responses=error_responses(400, 401, 403, 409, 422, html_route=True),
+)
 async def connect_page(
     request: Request,
     svc: Service,
@@ -93,6 +110,7 @@ _SECRETS_SCHEMA = SecretsBody.model_json_schema()
 @router.post(
     "/amocrm/secrets",
     summary="amoCRM's secrets webhook (website button)",
+    responses=error_responses(400, 403, 409, 413, 422),
     # Declared here, not as a parameter: the route reads the raw body, JSON or a form.
     openapi_extra={
         "requestBody": {
@@ -111,7 +129,12 @@ async def secrets(request: Request, svc: Service, session: WriteSession) -> Resp
     return JSONResponse({"status": "ok"}, status_code=200)
 
 
-@router.get("/amocrm/callback", response_class=HTMLResponse, summary="OAuth redirect target")
+@router.get(
+    "/amocrm/callback",
+    response_class=HTMLResponse,
+    summary="OAuth redirect target",
+    responses={400: {"description": "The error page", "content": {"text/html": {}}}},
+)
 async def callback(
     request: Request,
     svc: Service,
@@ -172,7 +195,11 @@ def render_outcome(request: Request, svc: ConnectService, outcome: CallbackOutco
     )
 
 
-@router.post("/amocrm/exchange-code", summary="Exchange a code the app received itself")
+@router.post(
+    "/amocrm/exchange-code",
+    summary="Exchange a code the app received itself",
+    responses=error_responses(400, 401, 403, 409, 413, 422, 502),
+)
 async def exchange_code(
     svc: Service,
     flow: Callback,
@@ -185,7 +212,12 @@ async def exchange_code(
         return await svc.status(session, who)
 
 
-@router.post("/amocrm/tokens", summary="Import tokens by hand (admin)", status_code=201)
+@router.post(
+    "/amocrm/tokens",
+    summary="Import tokens by hand (admin)",
+    status_code=201,
+    responses=error_responses(400, 401, 403, 409, 413, 422),
+)
 async def import_tokens(
     svc: Service,
     session: WriteSession,
@@ -208,7 +240,11 @@ async def import_tokens(
     return await svc.status(session, body.owner)
 
 
-@router.get("/amocrm/status", summary="Connection status (never a token)")
+@router.get(
+    "/amocrm/status",
+    summary="Connection status (never a token)",
+    responses=error_responses(400, 401, 403, 422),
+)
 async def status(
     svc: Service,
     principal: CurrentPrincipal,
@@ -221,8 +257,16 @@ async def status(
     return await svc.current_status(principal.owner_for(owner))
 
 
-@router.delete("/amocrm/disconnect", summary="Disconnect")
-@router.post("/amocrm/disconnect", summary="Disconnect (POST, for clients that cannot send DELETE)")
+@router.delete(
+    "/amocrm/disconnect",
+    summary="Disconnect",
+    responses=error_responses(400, 401, 403, 404, 422),
+)
+@router.post(
+    "/amocrm/disconnect",
+    summary="Disconnect (POST, for clients that cannot send DELETE)",
+    responses=error_responses(400, 401, 403, 404, 413, 422),
+)
 async def disconnect(
     svc: Service,
     session: WriteSession,
@@ -234,7 +278,11 @@ async def disconnect(
     return {"disconnected": True, **(await svc.status(session, who))}
 
 
-@router.get("/amocrm/uninstall", summary="amoCRM's signed disconnect hook")
+@router.get(
+    "/amocrm/uninstall",
+    summary="amoCRM's signed disconnect hook",
+    responses=error_responses(401, 422),
+)
 async def uninstall(
     svc: Service,
     session: WriteSession,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -59,3 +59,31 @@ class SecretsBody(BaseModel):
     client_id: str = Field(max_length=128)
     client_secret: str = Field(max_length=1024)
     state: str = Field(max_length=200)
+
+
+class ErrorBody(BaseModel):
+    """The one error shape of the HTTP API (see :mod:`amobridge.web.errors`)."""
+
+    detail: str
+
+
+_ERROR_WHY = {
+    400: "Invalid request (or amoCRM refused the grant)",
+    401: "No valid API key or user token",
+    403: "The caller may not do this",
+    404: "No such connection",
+    409: "Conflict with the current state (e.g. amoCRM credentials not configured yet)",
+    413: "Request body over AMOBRIDGE_SERVER__MAX_BODY_BYTES",
+    422: "A parameter or the body failed validation",
+    502: "amoCRM did not answer or answered with an error",
+}
+
+
+def error_responses(*codes: int, html_route: bool = False) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each code with the ``{"detail": str}`` JSON body. An HTML
+    route (``response_class=HTMLResponse``) names the media type itself: FastAPI would give a
+    model the route's own ``text/html``, which its errors are not."""
+    if html_route:
+        json = {"application/json": {"schema": ErrorBody.model_json_schema()}}
+        return {code: {"description": _ERROR_WHY[code], "content": json} for code in codes}
+    return {code: {"model": ErrorBody, "description": _ERROR_WHY[code]} for code in codes}
