@@ -9,6 +9,7 @@ so the printed URLs work in a browser as they are (no credential is printed).
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import typer
 import uvicorn
@@ -22,7 +23,7 @@ from amobridge.dependencies import ReadSession, WriteSession
 from amobridge.sandbox import Sandbox, create_sandbox_app
 from amobridge.sandbox.demo import Demo, seed_demo
 from amobridge.sandbox.from_settings import sandbox_from_settings
-from amobridge.services import Services
+from amobridge.services import Services, data_dir
 from amobridge.settings import Environment, Settings
 from amobridge.web.app import create_app
 
@@ -69,16 +70,24 @@ def demo_settings(
     return settings.model_copy(update={"amo": amo, "server": server})
 
 
+def demo_state_file(settings: Settings) -> Path:
+    """Where the demo's sandbox keeps its state unless AMOBRIDGE_SANDBOX__STATE_FILE says: beside
+    the service's database, so the tokens stored there keep meaning something after a restart."""
+    return data_dir(settings) / "sandbox-state.json"
+
+
 def demo_sandbox(settings: Settings, *, service_url: str) -> tuple[Sandbox, Demo]:
     """The demo's sandbox, built from the settings as ``amobridge sandbox`` builds its own (a
     control token closes the control API here too), with the demo account and an integration
-    wired to the service's callback and uninstall hook."""
+    wired to the service's callback and uninstall hook, loaded from and saved to its state
+    file."""
     group = settings.sandbox
-    box = sandbox_from_settings(group)
+    box = sandbox_from_settings(group, state_file=str(demo_state_file(settings)))
     made = seed_demo(
         box, subdomain=group.demo_subdomain, redirect_uri=f"{service_url}/amocrm/callback"
     )
     made.integration.disconnect_url = f"{service_url}/amocrm/uninstall"
+    box.save()  # the seeded world is on disk before the first request
     return box, made
 
 
@@ -123,12 +132,13 @@ async def run_demo(settings: Settings, *, host: str, port: int, sandbox_port: in
     echo(f"  sandbox:   {sandbox_url}   (a local amoCRM; control API: /_sandbox/health)")
     echo(f"  account:   {made.account.host} (id {made.account.id})")
     echo(f"  database:  {wired.database.url}")
+    echo(f"  state:     {box.state_file}   (the sandbox's accounts and tokens; delete to reset)")
     echo("")
     echo(f"Connect the demo owner {DEMO_OWNER!r}: open in a browser")
     echo(f"  {service_url}/demo/connect          (redirect flow)")
     echo(f"  {service_url}/demo/button           (amoCRM's website button)")
     echo(f"  {service_url}/demo/status           (its connection status)")
-    echo("(/demo/* exist only in `amobridge demo`; the sandbox lives in memory.)")
+    echo("(/demo/* exist only in `amobridge demo`; the sandbox keeps its state across restarts.)")
     try:
         await asyncio.gather(*(server.serve() for server in servers))
     finally:

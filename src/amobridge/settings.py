@@ -137,6 +137,12 @@ class SandboxSettings(_Group):
     refresh_ttl_seconds: int = Field(90 * 86400, ge=1)
     time_scale: float = Field(1.0, gt=0, description="Sandbox seconds per real second.")
     demo_subdomain: str = "demo"
+    state_file: str | None = Field(
+        None,
+        description="JSON file the sandbox loads its state from at start and saves it to after "
+        "each change (unset: in memory only; `amobridge demo` then uses "
+        "<data dir>/sandbox-state.json).",
+    )
 
 
 class ServerSettings(_Group):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import types
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import httpx
@@ -107,10 +108,12 @@ async def _health(app: Any, token: str | None) -> int:
 
 
 async def test_demo_control_api_needs_the_configured_token(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from amobridge.demo import demo_sandbox
 
+    # The demo keeps its sandbox state beside the database: keep both out of the working tree.
+    monkeypatch.setenv("AMOBRIDGE_DATABASE__URL", f"sqlite:///{tmp_path}/amobridge.db")
     monkeypatch.setenv("AMOBRIDGE_SANDBOX__CONTROL_TOKEN", TOKEN)
     monkeypatch.setenv("AMOBRIDGE_SANDBOX__RATE_RULE", "token_bucket")
     box, made = demo_sandbox(load_settings(), service_url="http://127.0.0.1:8000")
@@ -126,9 +129,12 @@ async def test_demo_control_api_needs_the_configured_token(
         await box.aclose()
 
 
-async def test_demo_control_api_is_open_without_a_token() -> None:
+async def test_demo_control_api_is_open_without_a_token(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from amobridge.demo import demo_sandbox
 
+    monkeypatch.setenv("AMOBRIDGE_DATABASE__URL", f"sqlite:///{tmp_path}/amobridge.db")
     box, _ = demo_sandbox(load_settings(), service_url="http://127.0.0.1:8000")
     try:
         assert await _health(create_sandbox_app(sandbox=box), None) == 200

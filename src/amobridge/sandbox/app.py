@@ -2,7 +2,8 @@
 
 All state is built here, in the factory (httpx's ``ASGITransport`` sends no lifespan events), and
 hangs off ``app.state.sandbox``: one :class:`Sandbox` holding the config, the clock, the accounts,
-the grants, the limiter, the fault rules and the webhook dispatcher.
+the grants, the limiter, the fault rules and the webhook dispatcher. With a state file, the
+world is loaded from it here and saved back as each response starts (see ``persist.py``).
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from amobridge import __version__
 from amobridge.sandbox.clock import Clock
@@ -27,6 +31,7 @@ from amobridge.sandbox.config import SandboxConfig
 from amobridge.sandbox.events import EntityChange
 from amobridge.sandbox.faults import FaultInjector
 from amobridge.sandbox.http import internal_error, problem
+from amobridge.sandbox.persist import dumps, load, write_atomic
 from amobridge.sandbox.ratelimit import RateLimiter
 from amobridge.sandbox.routing import RouteIndex
 from amobridge.sandbox.state import Account, SandboxState
@@ -39,7 +44,8 @@ USER_AGENT = f"amobridge-sandbox/{__version__}"
 
 
 class Sandbox:
-    """One fake amoCRM: many accounts and integrations, one clock, in memory."""
+    """One fake amoCRM: many accounts and integrations, one clock, in memory — and, when
+    ``state_file`` is given, loaded from that file and saved back to it by :meth:`save`."""
 
     def __init__(
         self,
@@ -48,6 +54,7 @@ class Sandbox:
         clock: Clock | None = None,
         signing_key: rsa.RSAPrivateKey | None = None,
         outbound_transport: httpx.AsyncBaseTransport | None = None,
+        state_file: str | Path | None = None,
     ) -> None:
         self.config = config or SandboxConfig()
         self.clock = clock or Clock()
@@ -55,10 +62,20 @@ class Sandbox:
         self._outbound_transport = outbound_transport
         self._outbound: httpx.AsyncClient | None = None
         self._outbound_loop: asyncio.AbstractEventLoop | None = None
-        self._build()
+        self.state_file = Path(state_file) if state_file is not None else None
+        self._saved: bytes | None = None
+        loaded = None
+        if self.state_file is not None:
+            loaded = load(self.state_file, self.clock, self.config.request_log_size)
+        if loaded is not None:
+            # The file's key wins: the tokens saved in it were signed with that one.
+            self._signing_key = loaded.signing_key
+        self._build(loaded.state if loaded is not None else None)
+        if loaded is not None:
+            self._saved = dumps(self.state, self.tokens._key)
 
-    def _build(self) -> None:
-        self.state = SandboxState(self.clock, self.config.request_log_size)
+    def _build(self, state: SandboxState | None = None) -> None:
+        self.state = state or SandboxState(self.clock, self.config.request_log_size)
         self.tokens = TokenAuthority(self.state, lambda: self.config, self._signing_key)
         if self._signing_key is None:  # keep one key for the sandbox's life, across resets
             self._signing_key = self.tokens._key
@@ -70,6 +87,17 @@ class Sandbox:
         """Forget every account, integration, grant, fault and delivery (config stays)."""
         self.hooks.reset()
         self._build()
+
+    def save(self) -> None:
+        """Write the state file if the world changed since the last write (no file: nothing).
+        Synchronous on purpose: the snapshot is taken and written with no await in between, so
+        no request can change the world halfway through, and writes never overtake each other."""
+        if self.state_file is None:
+            return
+        data = dumps(self.state, self.tokens._key)
+        if data != self._saved:
+            write_atomic(self.state_file, data)
+            self._saved = data
 
     def emit(self, account: Account, changes: list[EntityChange]) -> None:
         """Report data changes (API or UI) so subscribed webhooks fire."""
@@ -90,9 +118,36 @@ class Sandbox:
 
     async def aclose(self) -> None:
         await self.hooks.aclose()
+        # Webhook deliveries change state outside requests (a subscription disabled by failures).
+        self.save()
         if self._outbound is not None:
             await self._outbound.aclose()
             self._outbound = None
+
+
+class _SaveState:
+    """Saves the sandbox's state file as each response starts: the handler has changed the
+    world by then, and a client never holds a code or token the file lacks."""
+
+    def __init__(self, app: ASGIApp, sandbox: Sandbox) -> None:
+        self.app = app
+        self.sandbox = sandbox
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_after_saving(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                try:
+                    self.sandbox.save()
+                except OSError:
+                    # A full or read-only disk must not take the sandbox down; say so each time.
+                    log.exception("cannot write the sandbox state file %s", self.sandbox.state_file)
+            await send(message)
+
+        await self.app(scope, receive, send_after_saving)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
@@ -185,6 +240,12 @@ def create_sandbox_app(
         yield
         await box.aclose()
 
-    app = Starlette(routes=[RouteIndex(_routes())], exception_handlers=handlers, lifespan=lifespan)
+    middleware = [Middleware(_SaveState, sandbox=box)] if box.state_file is not None else []
+    app = Starlette(
+        routes=[RouteIndex(_routes())],
+        exception_handlers=handlers,
+        lifespan=lifespan,
+        middleware=middleware,
+    )
     app.state.sandbox = sandbox
     return app

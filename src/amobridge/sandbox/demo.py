@@ -24,18 +24,18 @@ class Demo:
 
 
 def seed_demo(sandbox: Sandbox, *, subdomain: str, redirect_uri: str) -> Demo:
-    """Create the demo account and integration (idempotent per subdomain)."""
+    """Create the demo account and integration, or reuse them when the sandbox already has
+    them (loaded from its state file), so their ids and the client secret survive a restart."""
     state = sandbox.state
     account = state.accounts_by_subdomain.get(subdomain)
     if account is None:
         account = state.create_account(subdomain, name="Demo Academy")
         state.add_pipeline(account, "onAI Academy", ACADEMY_STAGES)
         state.add_user(account, "Менеджер Мария", "maria@demo.example")
-    integration = next(
-        (i for i in state.integrations.values() if i.name == "amobridge demo"), None
-    ) or state.create_integration(
-        "amobridge demo",
-        redirect_uri,
-        disconnect_url=None,
-    )
+    integration = next((i for i in state.integrations.values() if i.name == "amobridge demo"), None)
+    if integration is None:
+        integration = state.create_integration("amobridge demo", redirect_uri, disconnect_url=None)
+    else:
+        # The service may listen elsewhere this time: its callback is what the consent page uses.
+        integration.redirect_uri = redirect_uri
     return Demo(account, integration)

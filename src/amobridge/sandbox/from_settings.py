@@ -33,6 +33,7 @@ NOT_CONFIG = {
     "port": "the port `amobridge sandbox` listens on",
     "time_scale": "the sandbox's Clock (sandbox_from_settings)",
     "demo_subdomain": "the demo account's subdomain (seed_demo)",
+    "state_file": "the Sandbox's state file (sandbox_from_settings, or demo_sandbox's default)",
 }
 """Settings that are not sandbox config, and what reads them instead."""
 
@@ -55,6 +56,11 @@ def sandbox_config(group: SandboxSettings) -> SandboxConfig:
     return SandboxConfig(**values)
 
 
-def sandbox_from_settings(group: SandboxSettings) -> Sandbox:
-    """A sandbox with ``group``'s config and clock speed."""
-    return Sandbox(sandbox_config(group), clock=Clock(scale=group.time_scale))
+def sandbox_from_settings(group: SandboxSettings, *, state_file: str | None = None) -> Sandbox:
+    """A sandbox with ``group``'s config, clock speed and state file (``state_file`` is the one
+    to use when the settings name none: ``amobridge demo`` keeps its state beside its database)."""
+    return Sandbox(
+        sandbox_config(group),
+        clock=Clock(scale=group.time_scale),
+        state_file=group.state_file or state_file,
+    )

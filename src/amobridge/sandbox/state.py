@@ -6,11 +6,10 @@ with respect to concurrent requests. Times are sandbox-clock unix seconds.
 
 from __future__ import annotations
 
-import itertools
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from amobridge.sandbox.clock import Clock
 
@@ -307,26 +306,42 @@ class RequestRecord:
 
 
 class IdSequence:
-    """amoCRM-looking ids: large, increasing, never reused within a sandbox's life."""
+    """amoCRM-looking ids: large, increasing, never reused within a sandbox's life (a state file
+    carries the counters across restarts, so ids stay unique there too)."""
+
+    START: ClassVar[dict[str, int]] = {
+        "account": 30_000_001,
+        "user": 8_000_001,
+        "pipeline": 6_000_001,
+        "status": 50_000_001,
+        "lead": 1_000_001,
+        "contact": 2_000_001,
+        "company": 3_000_001,
+        "note": 4_000_001,
+        "tag": 100_001,
+        "field": 500_001,
+        "enum": 700_001,
+        "webhook": 9_001,
+    }
 
     def __init__(self) -> None:
-        self._counters = {
-            "account": itertools.count(30_000_001),
-            "user": itertools.count(8_000_001),
-            "pipeline": itertools.count(6_000_001),
-            "status": itertools.count(50_000_001),
-            "lead": itertools.count(1_000_001),
-            "contact": itertools.count(2_000_001),
-            "company": itertools.count(3_000_001),
-            "note": itertools.count(4_000_001),
-            "tag": itertools.count(100_001),
-            "field": itertools.count(500_001),
-            "enum": itertools.count(700_001),
-            "webhook": itertools.count(9_001),
-        }
+        self._next = dict(self.START)
 
     def next(self, kind: str) -> int:
-        return next(self._counters[kind])
+        value = self._next[kind]
+        self._next[kind] = value + 1
+        return value
+
+    def snapshot(self) -> dict[str, int]:
+        """The next id of each kind, for the state file."""
+        return dict(self._next)
+
+    def restore(self, saved: dict[str, int]) -> None:
+        if set(saved) != set(self.START) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in saved.values()
+        ):
+            raise ValueError("id counters do not match this sandbox's id kinds")
+        self._next = dict(saved)
 
 
 class SandboxState:
