@@ -249,9 +249,15 @@ async def status(
     svc: Service,
     principal: CurrentPrincipal,
     owner: str | None = None,
+    verify: Annotated[
+        bool, Query(description="Make one amoCRM call (GET /api/v4/account) to prove it")
+    ] = False,
 ) -> dict[str, Any]:
     """A change made through another amobridge process shows within
-    ``AMOBRIDGE_AMO__CONNECTION_CHECK_MS``; one made through this process, at once."""
+    ``AMOBRIDGE_AMO__CONNECTION_CHECK_MS``; one made through this process, at once.
+    ``verify=true`` adds ``verified`` (and ``verifyError`` when false) after one amoCRM call."""
+    if verify:
+        return await svc.verified_status(principal.owner_for(owner))
     # No ReadSession: a polling host app is answered from the status cache, and the read unit
     # is opened only when the cached answer is too old or this process has written since.
     return await svc.current_status(principal.owner_for(owner))

@@ -35,10 +35,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from amobridge.amo.auth import TokenSet
 from amobridge.amo.domains import parse_account_domain, token_claims
-from amobridge.amo.errors import AmoInvalidDomain
+from amobridge.amo.errors import AmoError, AmoHTTPError, AmoInvalidDomain, AmoReauthRequired
 from amobridge.audit import AuditRepository
 from amobridge.auth.principal import identifier_problem
-from amobridge.connect.clients import ConnectionClients
+from amobridge.connect.clients import ConnectionClients, ConnectionDisconnected
 from amobridge.connect.repository import (
     ConnectionRepository,
     HookSignatureRepository,
@@ -334,6 +334,35 @@ class ConnectService:
                 return await self.status(session, owner)
 
         return await self.statuses.fetch(owner, self.db.write_generation, read)
+
+    async def verified_status(self, owner: str) -> dict[str, Any]:
+        """:meth:`status` for ``GET /amocrm/status?verify=true``, after one cheap amoCRM call
+        (``GET /api/v4/account``) through the connection's own client, plus ``verified`` and, when
+        false, ``verifyError``. A grant amoCRM refuses goes the usual way (the reauth handler
+        marks the connection ``reauth_required``), so the status read after the call shows it."""
+        async with self.db.read() as session:
+            row = await self.connections(session).for_owner(owner)
+        problem: str | None = None
+        if row is None or row.status != "active" or row.access_token_enc is None:
+            problem = "not connected: nothing to verify"
+        else:
+            try:
+                client = await self.clients.client(row)
+                await client.account.get()
+            except AmoReauthRequired:
+                problem = "amoCRM refused the grant: connect again through /amocrm/auth"
+            except ConnectionDisconnected:
+                problem = "the connection was disconnected"
+            except AmoHTTPError as exc:
+                problem = f"amoCRM answered {exc.status} ({type(exc).__name__})"
+            except AmoError as exc:
+                problem = f"amoCRM call failed ({type(exc).__name__})"
+        async with self.db.read() as session:
+            answer = await self.status(session, owner)
+        answer["verified"] = problem is None
+        if problem is not None:
+            answer["verifyError"] = problem
+        return answer
 
     async def status(self, session: AsyncSession, owner: str) -> dict[str, Any]:
         row = await self.connections(session).status_of(owner)
