@@ -210,6 +210,9 @@ def test_uninstall_hook_through_the_prefix(edge: Edge) -> None:
     with httpx.Client(base_url=edge.api) as http:
         start = http.get("/amocrm/auth", params={"format": "json"}, headers=edge.bearer(owner))
         assert start.status_code == 200, start.text
+        # Opened as a browser would: the flow is bound to this client, which calls back.
+        hop = http.get(start.json()["url"])
+        assert hop.status_code == 302, hop.text
         client_id = edge.service.integration["client_id"]
         account_id = edge.box.control.get("/_sandbox/accounts").json()[0]["id"]
         consent = edge.box.control.post(
@@ -217,7 +220,7 @@ def test_uninstall_hook_through_the_prefix(edge: Edge) -> None:
             json={
                 "client_id": client_id,
                 "account_id": account_id,
-                "state": query_of(start.json()["url"])["state"],
+                "state": query_of(hop.headers["location"])["state"],
             },
         )
         landing = consent.json()["redirect_url"]

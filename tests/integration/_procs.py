@@ -410,7 +410,7 @@ async def _replayed_callback(stack: Any) -> httpx.Response:
     start = await stack.http.get(
         "/amocrm/auth", params={"owner": "replay", "format": "json"}, headers=stack.app_headers()
     )
-    state = httpx.URL(start.json()["url"]).params["state"]
+    state = await stack.open_link(start.json()["url"])
     consent = await stack.control.post(
         "/_sandbox/authorize",
         json={

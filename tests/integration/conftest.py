@@ -55,13 +55,20 @@ class Stack:
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_key}"}
 
+    async def open_link(self, url: str, browser: httpx.AsyncClient | None = None) -> str:
+        """Open a ``format=json`` link as a browser would (``browser``, or :attr:`http`): the
+        service binds the flow to it and sends it on to amoCRM; the state."""
+        hop = await (browser or self.http).get(url)
+        assert hop.status_code == 302, hop.text
+        return httpx.URL(hop.headers["location"]).params["state"]
+
     async def connect(self, owner: str, account_id: int | None = None) -> httpx.Response:
         """The redirect flow end to end (consent given through the control API)."""
         start = await self.http.get(
             "/amocrm/auth", params={"owner": owner, "format": "json"}, headers=self.app_headers()
         )
         assert start.status_code == 200, start.text
-        state = httpx.URL(start.json()["url"]).params["state"]
+        state = await self.open_link(start.json()["url"])
         consent = await self.control.post(
             "/_sandbox/authorize",
             json={

@@ -61,7 +61,7 @@ async def test_denied_consent_shows_what_to_do(stack: Any) -> None:
     start = await stack.http.get(
         "/amocrm/auth", params={"owner": "u", "format": "json"}, headers=stack.app_headers()
     )
-    state = httpx.URL(start.json()["url"]).params["state"]
+    state = await stack.open_link(start.json()["url"])
     reply = await stack.http.get(
         "/amocrm/callback", params={"error": "access_denied", "state": state}
     )
@@ -74,7 +74,7 @@ async def test_replayed_callback_is_refused_without_second_exchange(stack: Any) 
     start = await stack.http.get(
         "/amocrm/auth", params={"owner": "u", "format": "json"}, headers=stack.app_headers()
     )
-    state = httpx.URL(start.json()["url"]).params["state"]
+    state = await stack.open_link(start.json()["url"])
     consent = await stack.control.post(
         "/_sandbox/authorize",
         json={
@@ -101,7 +101,7 @@ async def test_expired_state(stack: Any) -> None:
     start = await stack.http.get(
         "/amocrm/auth", params={"owner": "u", "format": "json"}, headers=stack.app_headers()
     )
-    state = httpx.URL(start.json()["url"]).params["state"]
+    state = await stack.open_link(start.json()["url"])
     from datetime import UTC, datetime, timedelta
 
     async with stack.services.db.transaction() as session:
@@ -147,7 +147,7 @@ async def test_mobile_flow_opens_allowed_deep_link(stack: Any) -> None:
         },
         headers=stack.app_headers(),
     )
-    state = httpx.URL(start.json()["url"]).params["state"]
+    state = await stack.open_link(start.json()["url"])
     consent = await stack.control.post(
         "/_sandbox/authorize",
         json={

@@ -251,7 +251,7 @@ async def test_the_deep_link_page_carries_the_security_headers(stack: Any) -> No
         json={
             "client_id": stack.integration["client_id"],
             "account_id": stack.account["id"],
-            "state": httpx.URL(start.json()["url"]).params["state"],
+            "state": await stack.open_link(start.json()["url"]),
         },
     )
     redirect = httpx.URL(consent.json()["redirect_url"])

@@ -79,7 +79,10 @@ class Service:
             f"{self.url}/amocrm/auth", params={"format": "json"}, headers=self.headers(owner)
         )
         assert reply.status_code == 200, reply.text
-        return httpx.URL(reply.json()["url"]).params["state"]
+        # Opened as a browser would: the flow is bound to this client, which calls back.
+        hop = http.get(reply.json()["url"])
+        assert hop.status_code == 302, hop.text
+        return httpx.URL(hop.headers["location"]).params["state"]
 
     def status(self, http: httpx.Client, owner: str) -> dict[str, Any]:
         reply = http.get(f"{self.url}/amocrm/status", headers=self.headers(owner))

@@ -10,6 +10,7 @@ would. Every failure is a :data:`PROBLEMS` code the callback page explains, and 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from amobridge.amo.auth import TokenSet, exchange_code
@@ -18,7 +19,7 @@ from amobridge.amo.errors import AmoAuthError, AmoError, AmoInvalidDomain
 from amobridge.audit import AuditRepository
 from amobridge.connect.problems import PROBLEMS, CallbackOutcome, ConnectFailure
 from amobridge.connect.service import ConnectService, Credentials
-from amobridge.connect.stores import ReturnTo
+from amobridge.connect.stores import ReturnTo, binding_cookie_name
 from amobridge.errors import ServiceError
 from amobridge.storage.tables import Connection
 
@@ -27,12 +28,17 @@ class CallbackService:
     def __init__(self, connect: ConnectService) -> None:
         self.connect = connect
 
-    async def callback(self, params: dict[str, str]) -> CallbackOutcome:
+    async def callback(
+        self, params: dict[str, str], cookies: Mapping[str, str] | None = None
+    ) -> CallbackOutcome:
+        """``cookies``: the browser's; a state bound to a browser needs its cookie (the state
+        stays unused without it, so that browser can still finish)."""
         state = params.get("state") or ""
         if not state:
             return CallbackOutcome(False, "state_missing")
+        cookie = (cookies or {}).get(binding_cookie_name(state))
         async with self.connect.db.transaction() as session:
-            consumed = await self.connect.states.consume(session, state=state)
+            consumed = await self.connect.states.consume(session, state=state, cookie=cookie)
             record = consumed.record
             credentials: Credentials | None = None
             if consumed.problem is None and record is not None and record.flow == "button":

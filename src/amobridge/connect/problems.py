@@ -36,6 +36,21 @@ PROBLEMS: dict[str, tuple[str, str, str]] = {
         "This connection request has already been completed (or the page was reloaded).",
         "If the account is not connected, start the connection again.",
     ),
+    "state_wrong_browser": (
+        "The connection was started in another browser",
+        "This connection request belongs to the browser that opened the connection link, and "
+        "this browser is not that one — so amoCRM's answer is not accepted here (otherwise "
+        "whoever got hold of the link could tie your account to an amoCRM account of theirs).",
+        "Finish the connection in the browser where you started it, or start it again in this "
+        "browser.",
+    ),
+    "state_link_used": (
+        "The connection link was already opened",
+        "A connection link works once: the browser that opened it first is the one that can "
+        "finish the connection.",
+        "If amoCRM's page is open in that browser, continue there; otherwise start the "
+        "connection again.",
+    ),
     "code_missing": (
         "No authorization code",
         "amoCRM's answer has no code.",

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from amobridge.audit import AuditRepository
 from amobridge.auth.dependencies import BrowserPrincipal, CurrentPrincipal
 from amobridge.connect.callback import CallbackService
 from amobridge.connect.problems import PROBLEMS, CallbackOutcome
@@ -21,6 +22,12 @@ from amobridge.connect.schemas import (
     error_responses,
 )
 from amobridge.connect.service import ConnectService
+from amobridge.connect.stores import (
+    binding_cookie_name,
+    cookie_binding,
+    link_binding,
+    new_binding_secret,
+)
 from amobridge.dependencies import WriteSession
 from amobridge.errors import Forbidden, ServiceError
 
@@ -43,6 +50,32 @@ Service = Annotated[ConnectService, Depends(service)]
 Callback = Annotated[CallbackService, Depends(callback_service)]
 
 
+def _callback_path(request: Request) -> str:
+    """The binding cookie goes back to the callback only (behind the proxy's prefix too)."""
+    return str(request.scope.get("root_path") or "").rstrip("/") + "/amocrm/callback"
+
+
+def _cookie_flags(request: Request, svc: ConnectService) -> dict[str, Any]:
+    return {
+        "path": _callback_path(request),
+        "secure": svc.public_url.lower().startswith("https://"),
+        "httponly": True,
+        "samesite": "lax",
+    }
+
+
+def _bind_browser(
+    response: Response, request: Request, svc: ConnectService, state: str, token: str
+) -> None:
+    """Bind ``state`` to this browser: the callback accepts it only with this cookie."""
+    response.set_cookie(
+        binding_cookie_name(state),
+        token,
+        max_age=int(svc.states.ttl.total_seconds()),
+        **_cookie_flags(request, svc),
+    )
+
+
 @router.get(
     "/amocrm/auth",
     summary="Start the OAuth redirect flow",
@@ -52,6 +85,7 @@ Callback = Annotated[CallbackService, Depends(callback_service)]
     },
 )
 async def auth(
+    request: Request,
     svc: Service,
     session: WriteSession,
     principal: BrowserPrincipal,
@@ -61,12 +95,70 @@ async def auth(
     format: Literal["redirect", "json"] = "redirect",
 ) -> Response:
     """302 to amoCRM's consent page (or ``{"url"}`` with ``format=json`` for host backends that
-    hand the URL to a browser). ``return=app`` ends on a deep-link page for mobile apps."""
+    hand the URL to a browser). ``return=app`` ends on a deep-link page for mobile apps.
+
+    The flow is bound to the browser that starts it (a cookie only the callback receives). The
+    ``format=json`` URL is this service's ``/amocrm/auth/continue``: the browser that opens it
+    first is bound, then sent on to amoCRM."""
     who = principal.owner_for(owner)
-    url = await svc.start(session, who, return_to=return_, app_redirect=redirect)
+    secret = new_binding_secret()
     if format == "json":
+        state = await svc.redirect_state(
+            session,
+            who,
+            return_to=return_,
+            app_redirect=redirect,
+            browser_binding=link_binding(secret),
+        )
+        query = urlencode({"state": state, "handle": secret})
+        url = f"{svc.public_url}/amocrm/auth/continue?{query}"
         return JSONResponse({"url": url, "expires_in": int(svc.states.ttl.total_seconds())})
-    return RedirectResponse(url, status_code=302)
+    state = await svc.redirect_state(
+        session,
+        who,
+        return_to=return_,
+        app_redirect=redirect,
+        browser_binding=cookie_binding(secret),
+    )
+    response = RedirectResponse(svc.consent_url(state), status_code=302)
+    _bind_browser(response, request, svc, state, secret)
+    return response
+
+
+@router.get(
+    "/amocrm/auth/continue",
+    summary="Open a format=json connection link",
+    responses={
+        302: {"description": "Redirect to amoCRM's consent page"},
+        400: {"description": "The error page", "content": {"text/html": {}}},
+        **error_responses(422, html_route=True),
+    },
+)
+async def auth_continue(
+    request: Request,
+    svc: Service,
+    session: WriteSession,
+    state: Annotated[str, Query(max_length=200)] = "",
+    handle: Annotated[str, Query(max_length=200)] = "",
+) -> Response:
+    """Bind the flow to the browser opening the link, then 302 to amoCRM's consent page. The
+    link works once (a second opening gets an error page saying so)."""
+    bound = await svc.states.bind(session, state=state, handle=handle)
+    if bound.problem is not None:
+        code = f"state_{bound.problem}"
+        if bound.record is not None:
+            AuditRepository(session).record(
+                actor=bound.record.owner,
+                action="connect",
+                success=False,
+                owner=bound.record.owner,
+                error=f"{code}: {PROBLEMS[code][1]}",
+            )
+        return render_outcome(request, svc, CallbackOutcome(False, code))
+    response = RedirectResponse(svc.consent_url(state), status_code=302)
+    if bound.token is not None:
+        _bind_browser(response, request, svc, state, bound.token)
+    return response
 
 
 @router.get(
@@ -85,7 +177,14 @@ async def connect_page(
     redirect: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> Response:
     who = principal.owner_for(owner)
-    state = await svc.button_state(session, who, return_to=return_, app_redirect=redirect)
+    token = new_binding_secret()
+    state = await svc.button_state(
+        session,
+        who,
+        return_to=return_,
+        app_redirect=redirect,
+        browser_binding=cookie_binding(token),
+    )
     amo = svc.settings.amo
     button = {
         "name": amo.button_name,
@@ -97,11 +196,13 @@ async def connect_page(
         "state": state,
         "script_url": amo.button_script_url,
     }
-    return templates.TemplateResponse(
+    page = templates.TemplateResponse(
         request,
         "connect.html",
         {"lang": "ru", "button": button, "ttl_minutes": int(svc.states.ttl.total_seconds() // 60)},
     )
+    _bind_browser(page, request, svc, state, token)
+    return page
 
 
 _SECRETS_SCHEMA = SecretsBody.model_json_schema()
@@ -149,8 +250,12 @@ async def callback(
     from_widget: str | None = None,
 ) -> Response:
     params = {k: v for k, v in request.query_params.items() if isinstance(v, str)}
-    outcome = await flow.callback(params)
-    return render_outcome(request, svc, outcome)
+    outcome = await flow.callback(params, request.cookies)
+    response = render_outcome(request, svc, outcome)
+    if state and outcome.code != "state_wrong_browser":
+        # The state is spent (or never was ours): its binding cookie has no use left.
+        response.delete_cookie(binding_cookie_name(state), **_cookie_flags(request, svc))
+    return response
 
 
 def render_outcome(request: Request, svc: ConnectService, outcome: CallbackOutcome) -> Response:

@@ -142,7 +142,42 @@ class ConnectService:
         return_to: ReturnTo = "web",
         app_redirect: str | None = None,
     ) -> str:
-        """amoCRM's consent URL for ``owner`` (a fresh single-use state inside)."""
+        """amoCRM's consent URL for ``owner`` (a fresh single-use state inside, bound to no
+        browser: for callers that open the browser themselves, like ``amobridge demo``)."""
+        state = await self.redirect_state(
+            session, owner, return_to=return_to, app_redirect=app_redirect
+        )
+        return self.consent_url(state)
+
+    async def redirect_state(
+        self,
+        session: AsyncSession,
+        owner: str,
+        *,
+        return_to: ReturnTo = "web",
+        app_redirect: str | None = None,
+        browser_binding: str | None = None,
+    ) -> str:
+        """A fresh single-use state for the redirect flow (see :meth:`StateStore.issue`)."""
+        self._credentials()
+        if return_to == "app":
+            app_redirect = self.check_app_redirect(app_redirect or self._default_app_redirect())
+        return await self.states.issue(
+            session,
+            owner=owner,
+            flow="redirect",
+            return_to=return_to,
+            app_redirect=app_redirect,
+            browser_binding=browser_binding,
+        )
+
+    def consent_url(self, state: str) -> str:
+        """amoCRM's consent page for ``state``."""
+        credentials = self._credentials()
+        query = urlencode({"client_id": credentials.client_id, "state": state, "mode": "popup"})
+        return f"{self.settings.amo.authorize_url}?{query}"
+
+    def _credentials(self) -> Credentials:
         credentials = self.configured()
         if credentials is None:
             raise ServiceError(
@@ -150,13 +185,7 @@ class ConnectService:
                 "use the website button page /amocrm/connect instead",
                 status_code=409,
             )
-        if return_to == "app":
-            app_redirect = self.check_app_redirect(app_redirect or self._default_app_redirect())
-        state = await self.states.issue(
-            session, owner=owner, flow="redirect", return_to=return_to, app_redirect=app_redirect
-        )
-        query = urlencode({"client_id": credentials.client_id, "state": state, "mode": "popup"})
-        return f"{self.settings.amo.authorize_url}?{query}"
+        return credentials
 
     def _default_app_redirect(self) -> str | None:
         schemes = self.settings.mobile.allowed_schemes
@@ -169,11 +198,17 @@ class ConnectService:
         *,
         return_to: ReturnTo = "web",
         app_redirect: str | None = None,
+        browser_binding: str | None = None,
     ) -> str:
         if return_to == "app":
             app_redirect = self.check_app_redirect(app_redirect or self._default_app_redirect())
         return await self.states.issue(
-            session, owner=owner, flow="button", return_to=return_to, app_redirect=app_redirect
+            session,
+            owner=owner,
+            flow="button",
+            return_to=return_to,
+            app_redirect=app_redirect,
+            browser_binding=browser_binding,
         )
 
     async def accept_secrets(self, session: AsyncSession, body: bytes, content_type: str) -> None:

@@ -7,6 +7,14 @@ the SHA-256 of the state, so a database reader cannot replay it) binds it to an 
 expiry, and :meth:`StateStore.consume` marks it used in one conditional UPDATE — signing alone
 cannot stop a replay (slack_sdk says why), the row does.
 
+A state started in a browser is also bound to that browser (RFC 6749 §10.12): the row keeps the
+SHA-256 of a random token the browser holds in a cookie named after the state
+(:func:`binding_cookie_name`), and :meth:`StateStore.consume` refuses the state without it — and
+leaves it unused, so the browser that started the flow can still finish it. A ``format=json`` link
+carries a one-time handle instead (the row keeps ``handle:<its SHA-256>``); :meth:`StateStore.bind`
+trades it, once, for a cookie token when a browser opens the link. A state issued with no binding
+(before bindings existed, or for a flow no browser takes part in) is accepted as before.
+
 Button secrets (``POST /amocrm/secrets``) are accepted only for a live, unused state we issued for
 the button flow, stored encrypted, taken (deleted) once by the callback, and purged after expiry.
 """
@@ -30,7 +38,12 @@ from amobridge.storage.tables import ButtonSecret, OAuthState
 
 Flow = Literal["redirect", "button"]
 ReturnTo = Literal["web", "app"]
-StateProblem = Literal["unknown", "forged", "expired", "used", "wrong_flow"]
+StateProblem = Literal[
+    "unknown", "forged", "expired", "used", "wrong_flow", "wrong_browser", "link_used"
+]
+
+BINDING_COOKIE_PREFIX = "amb_state_"
+_HANDLE = "handle:"
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,50 @@ def state_id(state: str) -> str:
     return hashlib.sha256(state.encode()).hexdigest()
 
 
+def binding_cookie_name(state: str) -> str:
+    """One cookie per state: a browser may have several flows open at once."""
+    return (
+        BINDING_COOKIE_PREFIX
+        + hashlib.sha256(state.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    )
+
+
+def new_binding_secret() -> str:
+    """A cookie token or a link handle (random, URL- and cookie-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def cookie_binding(token: str) -> str:
+    """What the row keeps for a browser holding ``token`` in its cookie."""
+    return _digest(token)
+
+
+def link_binding(handle: str) -> str:
+    """What the row keeps until a browser opens the link carrying ``handle``."""
+    return _HANDLE + _digest(handle)
+
+
+def _holds(stored: str, cookie: str | None) -> bool:
+    """Constant-time: does the browser's cookie match the row's binding?"""
+    if cookie is None or stored.startswith(_HANDLE):
+        return False
+    return hmac.compare_digest(stored.encode(), _digest(cookie).encode())
+
+
+@dataclass(frozen=True)
+class Bound:
+    """:meth:`StateStore.bind`'s answer: a problem, or the cookie token to set (None: the
+    state is bound to no browser)."""
+
+    record: StateRecord | None
+    problem: StateProblem | None = None
+    token: str | None = None
+
+
 class StateStore:
     """Issue and consume OAuth states. Methods take the caller's session: they never commit."""
 
@@ -97,7 +154,9 @@ class StateStore:
         flow: Flow,
         return_to: ReturnTo = "web",
         app_redirect: str | None = None,
+        browser_binding: str | None = None,
     ) -> str:
+        """A new state; ``browser_binding`` is :func:`cookie_binding` or :func:`link_binding`."""
         state = self._signer.new()
         OAuthStateRepository(session).add(
             OAuthState(
@@ -108,6 +167,7 @@ class StateStore:
                 app_redirect=app_redirect,
                 created_at=_now(),
                 expires_at=_now() + self.ttl,
+                browser_binding=browser_binding,
             )
         )
         return state
@@ -119,11 +179,44 @@ class StateStore:
         row = await OAuthStateRepository(session).get(state_id(state))
         return self._judge(row)
 
-    async def consume(self, session: AsyncSession, *, state: str) -> ConsumedState:
-        """Mark a live state used — exactly once, even with concurrent callbacks."""
+    async def bind(self, session: AsyncSession, *, state: str, handle: str) -> Bound:
+        """A browser opened a ``format=json`` link: the first one to bring its handle is bound
+        to the state (a new cookie token). The link works once: the cookie goes to the callback
+        only, so a second opening — even in the same browser — cannot be told apart from
+        another browser's."""
+        if not self._signer.valid(state):
+            return Bound(None, "forged")
+        repo = OAuthStateRepository(session)
+        row = await repo.get(state_id(state))
+        judged = self._judge(row)
+        if judged.problem is not None or row is None:
+            return Bound(judged.record, judged.problem)
+        stored = row.browser_binding
+        if stored is None:
+            return Bound(judged.record)
+        if not stored.startswith(_HANDLE):
+            return Bound(judged.record, "link_used")
+        if not hmac.compare_digest(stored.encode(), link_binding(handle).encode()):
+            return Bound(judged.record, "forged")
+        token = new_binding_secret()
+        if not await repo.rebind(row.id, old=stored, new=cookie_binding(token)):
+            return Bound(judged.record, "link_used")  # another opening won the race
+        return Bound(judged.record, token=token)
+
+    async def consume(
+        self, session: AsyncSession, *, state: str, cookie: str | None = None
+    ) -> ConsumedState:
+        """Mark a live state used — exactly once, even with concurrent callbacks. A state bound
+        to a browser needs that browser's ``cookie``; without it the state stays unused."""
         if not self._signer.valid(state):
             return ConsumedState(None, "forged")
         repo = OAuthStateRepository(session)
+        row = await repo.get(state_id(state))
+        judged = self._judge(row)
+        if judged.problem is not None:
+            return judged
+        if row is not None and row.browser_binding and not _holds(row.browser_binding, cookie):
+            return ConsumedState(judged.record, "wrong_browser")
         record = await repo.consume(state_id(state), now=_now())
         if record is not None:
             return ConsumedState(record)
@@ -207,6 +300,16 @@ class OAuthStateRepository(Repository[OAuthState]):
         )
         row = result.first()
         return None if row is None else StateRecord(*row)
+
+    async def rebind(self, sid: str, *, old: str, new: str) -> bool:
+        """Replace a link handle's binding by a browser's, if no one did it first."""
+        result = await self.session.execute(
+            update(OAuthState)
+            .where(OAuthState.id == sid, OAuthState.browser_binding == old)
+            .values(browser_binding=new)
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(result, "rowcount", 0) or 0) == 1
 
     async def purge(self, *, before: datetime) -> int:
         result = await self.session.execute(

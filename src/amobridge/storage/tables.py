@@ -134,6 +134,9 @@ class OAuthState(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
+    # The browser that started the flow: the SHA-256 of the cookie it holds, or "handle:<sha256>"
+    # until a ``format=json`` link is first opened; NULL for a state no browser is bound to.
+    browser_binding: Mapped[str | None] = mapped_column(String(80))
 
     __table_args__ = (Index("ix_oauth_states_expires_at", "expires_at"),)
 
