@@ -81,8 +81,12 @@ def counted(database: Database) -> CountingDatabase:
 
 
 @pytest.fixture
-def auth(counted: CountingDatabase, clock: Clock) -> AuthService:
-    return AuthService(cast(Database, counted), SecuritySettings(), clock=clock)
+async def auth(counted: CountingDatabase, clock: Clock) -> AsyncIterator[AuthService]:
+    service = AuthService(cast(Database, counted), SecuritySettings(), clock=clock)
+    yield service
+    # Its last_used_at writes run in the background: let them end before the database closes
+    # (a write still running at dispose leaks its connection).
+    await service.aclose()
 
 
 async def new_key(auth: AuthService, database: Database, name: str = "host-app") -> str:
