@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 from pydantic import SecretStr
 
 from amobridge import __version__
@@ -32,17 +32,18 @@ DEMO_OWNER = "demo-user"
 
 def add_demo_routes(app: FastAPI, services: Services) -> None:
     """Browser shortcuts acting as the demo owner: only ``amobridge demo`` mounts them."""
-    from amobridge.connect.router import connect_page
+    from amobridge.connect.router import auth, connect_page
+
+    demo_user = Principal(role="user", name=DEMO_OWNER, owner=DEMO_OWNER)
 
     @app.get("/demo/connect", include_in_schema=False)
-    async def demo_connect(session: WriteSession) -> RedirectResponse:
-        url = await services.connect.start(session, DEMO_OWNER)
-        return RedirectResponse(url, status_code=302)
+    async def demo_connect(request: Request, session: WriteSession) -> Response:
+        # The same route a host app's user takes, so the flow is bound to this browser too.
+        return await auth(request, services.connect, session, demo_user, None, "web", None)
 
     @app.get("/demo/button", include_in_schema=False)
     async def demo_button(request: Request, session: WriteSession) -> Response:
-        principal = Principal(role="user", name=DEMO_OWNER, owner=DEMO_OWNER)
-        return await connect_page(request, services.connect, session, principal, None, "web", None)
+        return await connect_page(request, services.connect, session, demo_user, None, "web", None)
 
     @app.get("/demo/status", include_in_schema=False)
     async def demo_status(session: ReadSession) -> dict[str, object]:
