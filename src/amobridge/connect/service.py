@@ -46,7 +46,7 @@ from amobridge.connect.repository import (
     Tokens,
 )
 from amobridge.connect.status_cache import StatusCache
-from amobridge.connect.stores import ButtonSecretStore, ReturnTo, StateStore
+from amobridge.connect.stores import ButtonSecretStore, Flow, ReturnTo, StateStore
 from amobridge.errors import NotFound, ServiceError, Unauthorized
 from amobridge.settings import Settings
 from amobridge.storage.crypto import Keyring
@@ -160,15 +160,8 @@ class ConnectService:
     ) -> str:
         """A fresh single-use state for the redirect flow (see :meth:`StateStore.issue`)."""
         self._credentials()
-        if return_to == "app":
-            app_redirect = self.check_app_redirect(app_redirect or self._default_app_redirect())
-        return await self.states.issue(
-            session,
-            owner=owner,
-            flow="redirect",
-            return_to=return_to,
-            app_redirect=app_redirect,
-            browser_binding=browser_binding,
+        return await self._issue(
+            session, owner, "redirect", return_to, app_redirect, browser_binding
         )
 
     def consent_url(self, state: str) -> str:
@@ -200,12 +193,23 @@ class ConnectService:
         app_redirect: str | None = None,
         browser_binding: str | None = None,
     ) -> str:
+        return await self._issue(session, owner, "button", return_to, app_redirect, browser_binding)
+
+    async def _issue(
+        self,
+        session: AsyncSession,
+        owner: str,
+        flow: Flow,
+        return_to: ReturnTo,
+        app_redirect: str | None,
+        browser_binding: str | None,
+    ) -> str:
         if return_to == "app":
             app_redirect = self.check_app_redirect(app_redirect or self._default_app_redirect())
         return await self.states.issue(
             session,
             owner=owner,
-            flow="button",
+            flow=flow,
             return_to=return_to,
             app_redirect=app_redirect,
             browser_binding=browser_binding,

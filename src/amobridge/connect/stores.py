@@ -7,7 +7,7 @@ the SHA-256 of the state, so a database reader cannot replay it) binds it to an 
 expiry, and :meth:`StateStore.consume` marks it used in one conditional UPDATE — signing alone
 cannot stop a replay (slack_sdk says why), the row does.
 
-A state started in a browser is also bound to that browser (RFC 6749 §10.12): the row keeps the
+A state started in a browser is also bound to that browser (RFC 6749, section 10.12): the row keeps the
 SHA-256 of a random token the browser holds in a cookie named after the state
 (:func:`binding_cookie_name`), and :meth:`StateStore.consume` refuses the state without it — and
 leaves it unused, so the browser that started the flow can still finish it. A ``format=json`` link
