@@ -32,6 +32,17 @@ end
 """
 
 
+def most_in_one_second(times: list[float]) -> int:
+    """The most arrival times that fall in any one-second window (what amoCRM's limit counts)."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from _support import write_result
+from _support import most_in_one_second, write_result
 
 RATE = 7.0
 PER = 1.0
@@ -431,16 +431,6 @@ def _overheads(
     return overhead, free
 
 
-def _most_in_one_second(times: list[float]) -> int:
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while times[start] <= t - 1.0:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
 def _ms(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -515,7 +505,7 @@ def _scenario(
         "responses_200": counts["200"],
         "responses_429": counts["429"],
         "most_in_one_second": max(
-            (_most_in_one_second(times) for times in arrivals.values()), default=0
+            (most_in_one_second(times) for times in arrivals.values()), default=0
         ),
         "rps_per_key_mean": round(statistics.fmean(per_key), 2),
         "rps_per_key_min": round(min(per_key), 2),

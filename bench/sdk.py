@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from _support import write_result
+from _support import most_in_one_second, write_result
 from amobridge.amo import AmoClient, LeadCreate, StaticTokenProvider
 from amobridge.sandbox import SandboxConfig, create_sandbox_app
 
@@ -63,16 +63,6 @@ async def _log(app: Any, account_id: int, since: float) -> list[dict[str, Any]]:
     return list(reply.json())
 
 
-def _most_in_one_second(times: list[float]) -> int:
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while times[start] <= t - 1.0:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
 async def _timed_run(
     app: Any, amo: AmoClient, account_id: int, count: int, batch: int, label: str
 ) -> dict[str, Any]:
@@ -96,7 +86,7 @@ async def _timed_run(
         "ratio": round(seconds / floor, 4),
         "responses_429": sum(1 for r in log if r["status"] == 429),
         "responses_403": sum(1 for r in log if r["status"] == 403),
-        "most_in_one_second": _most_in_one_second([r["time"] for r in log]),
+        "most_in_one_second": most_in_one_second([r["time"] for r in log]),
     }
 
 

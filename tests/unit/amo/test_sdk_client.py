@@ -31,25 +31,9 @@ from amobridge.amo.errors import (
 )
 from amobridge.amo.ratelimit import InMemoryRateLimiter
 from amobridge.amo.retry import BanBreaker, RetryPolicy
+from sdk_support import TOKEN, Recorder, problem
 
-TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJhYmMifQ.c2lnbmF0dXJl"
 BAN_HTML = "<html><head><title>403 Forbidden</title></head><body>nginx</body></html>"
-
-
-class Recorder:
-    """Records sleeps instead of waiting."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-
-def problem(status: int, detail: str, **extra: Any) -> httpx.Response:
-    body = {"title": "x", "type": f"https://httpstatus.es/{status}", "status": status}
-    body.update(detail=detail, **extra)
-    return httpx.Response(status, json=body, headers={"content-type": "application/problem+json"})
 
 
 class Server:

@@ -21,25 +21,9 @@ from amobridge.amo.errors import (
     AmoTimeout,
 )
 from amobridge.amo.retry import RetryPolicy
+from sdk_support import TOKEN, Recorder, problem
 
 KEY = "integration-1@acme.amocrm.ru"
-TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJhYmMifQ.c2lnbmF0dXJl"
-
-
-class Recorder:
-    """Records backoff waits instead of waiting."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-
-def problem(status: int, detail: str, **extra: Any) -> httpx.Response:
-    body = {"title": "x", "type": f"https://httpstatus.es/{status}", "status": status}
-    body.update(detail=detail, **extra)
-    return httpx.Response(status, json=body, headers={"content-type": "application/problem+json"})
 
 
 class Server:
