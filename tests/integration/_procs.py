@@ -389,20 +389,8 @@ async def _button_state(stack: Any, owner: str) -> str:
 
 
 async def _button(stack: Any, owner: str) -> httpx.Response:
-    state = await _button_state(stack, owner)
-    installed = await stack.control.post(
-        "/_sandbox/button-install",
-        json={
-            "account_id": stack.account["id"],
-            "name": "amobridge button",
-            "redirect_uri": f"{SERVICE_URL}/amocrm/callback",
-            "secrets_uri": f"{SERVICE_URL}/amocrm/secrets",
-            "state": state,
-        },
-    )
-    assert installed.status_code == 201, installed.text
-    redirect = httpx.URL(installed.json()["redirect_url"])
-    reply: httpx.Response = await stack.http.get("/amocrm/callback", params=dict(redirect.params))
+    callback = await stack.install_button(await _button_state(stack, owner))
+    reply: httpx.Response = await stack.http.get("/amocrm/callback", params=callback)
     return reply
 
 

@@ -62,6 +62,22 @@ class Stack:
         assert hop.status_code == 302, hop.text
         return httpx.URL(hop.headers["location"]).params["state"]
 
+    async def install_button(self, state: str) -> dict[str, str]:
+        """amoCRM's website button, consented in the sandbox for ``state``: the secrets POST has
+        reached the service; returns the callback's query the browser lands with."""
+        installed = await self.control.post(
+            "/_sandbox/button-install",
+            json={
+                "account_id": self.account["id"],
+                "name": "amobridge button",
+                "redirect_uri": f"{SERVICE_URL}/amocrm/callback",
+                "secrets_uri": f"{SERVICE_URL}/amocrm/secrets",
+                "state": state,
+            },
+        )
+        assert installed.status_code == 201, installed.text
+        return dict(httpx.URL(installed.json()["redirect_url"]).params)
+
     async def connect(self, owner: str, account_id: int | None = None) -> httpx.Response:
         """The redirect flow end to end (consent given through the control API)."""
         start = await self.http.get(

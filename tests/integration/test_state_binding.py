@@ -176,18 +176,7 @@ async def test_the_button_page_binds_the_browser(stack: Any) -> None:
     start = page.text.index(marker) + len(marker)
     state = page.text[start : page.text.index('"', start)]
     _assert_binding_cookie(_set_cookie(page, state))
-    installed = await stack.control.post(
-        "/_sandbox/button-install",
-        json={
-            "account_id": stack.account["id"],
-            "name": "amobridge button",
-            "redirect_uri": f"{SERVICE_URL}/amocrm/callback",
-            "secrets_uri": f"{SERVICE_URL}/amocrm/secrets",
-            "state": state,
-        },
-    )
-    assert installed.status_code == 201, installed.text
-    callback = dict(httpx.URL(installed.json()["redirect_url"]).params)
+    callback = await stack.install_button(state)
     async with _browser(stack.app) as other:
         refused = await other.get("/amocrm/callback", params=callback)
     assert 'data-error="state_wrong_browser"' in refused.text
