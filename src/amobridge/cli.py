@@ -16,11 +16,17 @@ from amobridge.settings import Settings, load_settings
 
 T = TypeVar("T")
 
+# Plain Click help (rich_markup_mode=None): Typer's rich help adds a column of Python types
+# (<bool>, <str>) to every option, --help included. Options declare a metavar (PORT) instead.
+HELP: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": None}
+
 app = typer.Typer(
     name="amobridge",
     help="Connect business backends to amoCRM / Kommo and keep them connected.",
-    no_args_is_help=True,
     add_completion=False,
+    # A traceback's local variables may hold tokens and secrets.
+    pretty_exceptions_show_locals=False,
+    **HELP,
 )
 
 
@@ -40,11 +46,21 @@ def version() -> None:
 
 @app.command()
 def sandbox(
-    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on (default 8010).")] = None,
-    demo: Annotated[bool, typer.Option(help="Create the demo account and integration.")] = False,
+    host: Annotated[
+        str | None, typer.Option(metavar="HOST", help="Interface to listen on (default 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(metavar="PORT", min=1, max=65535, help="Port to listen on (default 8010)."),
+    ] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo/--no-demo", help="Create the demo account and integration.")
+    ] = False,
 ) -> None:
-    """Run the sandbox: a local fake amoCRM (OAuth, API v4, webhooks, faults)."""
+    """Run the sandbox, a local fake amoCRM.
+
+    OAuth, API v4, webhooks and injected faults, with a control API under /_sandbox.
+    """
     import uvicorn
 
     from amobridge.sandbox import create_sandbox_app
@@ -86,9 +102,9 @@ def sandbox(
 
 # --- the service ---------------------------------------------------------------------------------
 
-keys_app = typer.Typer(help="Encryption keys for tokens and secrets at rest.", no_args_is_help=True)
-api_keys_app = typer.Typer(help="API keys of host apps.", no_args_is_help=True)
-connections_app = typer.Typer(help="Connections to amoCRM accounts.", no_args_is_help=True)
+keys_app = typer.Typer(help="Encryption keys for tokens and secrets at rest.", **HELP)
+api_keys_app = typer.Typer(help="API keys of host apps.", **HELP)
+connections_app = typer.Typer(help="Connections to amoCRM accounts.", **HELP)
 app.add_typer(keys_app, name="keys")
 app.add_typer(api_keys_app, name="api-keys")
 app.add_typer(connections_app, name="connections")
@@ -118,10 +134,21 @@ def _configure_logging(settings: Settings) -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Interface (default from settings).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(metavar="HOST", help="Interface (default AMOBRIDGE_SERVER__HOST, 127.0.0.1)."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            metavar="PORT", min=1, max=65535, help="Port (default AMOBRIDGE_SERVER__PORT, 8000)."
+        ),
+    ] = None,
 ) -> None:
-    """Run the service: connect flows, connection status, background workers (migrates first)."""
+    """Run the service (migrates the database first).
+
+    Connect flows, connection status and the background workers.
+    """
     import uvicorn
 
     from amobridge.web.app import create_app
@@ -163,7 +190,11 @@ def keys_generate() -> None:
 
 @keys_app.command("rotate")
 def keys_rotate() -> None:
-    """Re-encrypt every stored secret with the first key of AMOBRIDGE_SECURITY__SECRET_KEYS."""
+    """Re-encrypt the stored secrets with the primary key.
+
+    The primary key is the first of AMOBRIDGE_SECURITY__SECRET_KEYS; every key after it must
+    still decrypt what it encrypted.
+    """
     from amobridge.services import Services
     from amobridge.storage.crypto import DecryptionError
     from amobridge.storage.rotate import rotate_all
@@ -190,8 +221,10 @@ def keys_rotate() -> None:
 
 @api_keys_app.command("create")
 def api_keys_create(
-    name: Annotated[str, typer.Option(help="Who uses the key (shown in the audit log).")],
-    role: Annotated[str, typer.Option(help="admin or app.")] = "app",
+    name: Annotated[
+        str, typer.Option(metavar="NAME", help="Who uses the key (shown in the audit log).")
+    ],
+    role: Annotated[str, typer.Option(metavar="ROLE", help="admin or app.")] = "app",
 ) -> None:
     """Create an API key and print it once (only its hash is stored)."""
     from amobridge.services import Services
@@ -220,7 +253,7 @@ def api_keys_create(
 
 @connections_app.command("list")
 def connections_list() -> None:
-    """Every connection with its status (never a token)."""
+    """List the connections and their status (never a token)."""
     from amobridge.services import Services
 
     settings = _settings()
@@ -275,11 +308,17 @@ def _shown_database(settings: Settings) -> str:
 
 @connections_app.command("import-env")
 def connections_import_env(
-    env_file: Annotated[Path, typer.Argument(help="The .env holding AMOCRM_* / AMO_* values.")],
-    owner: Annotated[str, typer.Option(help="Owner id for the imported connection.")] = "default",
+    # Described in the docstring: Typer lists an argument with its Python type (<path>).
+    env_file: Annotated[Path, typer.Argument(metavar="ENV_FILE", hidden=True)],
+    owner: Annotated[
+        str, typer.Option(metavar="OWNER", help="Owner id of the imported connection.")
+    ] = "default",
 ) -> None:
-    """Turn a hand-built integration's .env (AMOCRM_SUBDOMAIN, AMOCRM_ACCESS_TOKEN, AMO_DOMAIN, …) into a
-    connection, so an existing single-account setup migrates in one command."""
+    """Import a hand-built integration's .env as a connection.
+
+    ENV_FILE holds its AMOCRM_* / AMO_* values (AMOCRM_SUBDOMAIN, AMOCRM_ACCESS_TOKEN,
+    AMO_DOMAIN, …): an existing single-account setup migrates in one command.
+    """
     from amobridge.connect.envimport import read_legacy_env
     from amobridge.services import Services
 
@@ -325,12 +364,22 @@ def connections_import_env(
 @app.command()
 def demo(
     host: Annotated[
-        str | None, typer.Option(help="Interface for both servers (default from settings).")
+        str | None,
+        typer.Option(metavar="HOST", help="Interface of both servers (default 127.0.0.1)."),
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Service port (default 8000).")] = None,
-    sandbox_port: Annotated[int | None, typer.Option(help="Sandbox port (default 8010).")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(metavar="PORT", min=1, max=65535, help="Service port (default 8000)."),
+    ] = None,
+    sandbox_port: Annotated[
+        int | None,
+        typer.Option(metavar="PORT", min=1, max=65535, help="Sandbox port (default 8010)."),
+    ] = None,
 ) -> None:
-    """Run the service and the sandbox amoCRM together, wired to each other (make run)."""
+    """Run the service and the sandbox together (make run).
+
+    The two are wired to each other, with a demo account to connect.
+    """
     from amobridge.demo import run_demo
 
     settings = _settings()
