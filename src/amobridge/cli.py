@@ -151,12 +151,17 @@ def serve(
     """
     import uvicorn
 
+    from amobridge.services import Services
     from amobridge.web.app import create_app
 
     settings = _settings()
     _configure_logging(settings)
     try:
-        application = create_app(settings)
+        services = Services.build(settings)
+        # The service encrypts and decrypts from its first request on: its keys are read (and
+        # the development key announced) at start.
+        services.keyring.load()
+        application = create_app(settings, services=services)
     except ConfigurationError as exc:
         _fail(str(exc), 2)
     uvicorn.run(

@@ -104,6 +104,7 @@ async def run_demo(settings: Settings, *, host: str, port: int, sandbox_port: in
         client_secret=made.integration.client_secret,
     )
     services = Services.build(wired)
+    services.keyring.load()  # the development key is announced at start, not at the first flow
     service_app = create_app(wired, services=services)
     add_demo_routes(service_app, services)
     servers = [

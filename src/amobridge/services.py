@@ -61,7 +61,10 @@ def build_keyring(settings: Settings) -> Keyring:
             "AMOBRIDGE_SECURITY__SECRET_KEYS is required in production: tokens are encrypted "
             "with it (make one with `amobridge keys generate`)"
         )
-    return Keyring([load_or_create_dev_key(data_dir(settings))])
+    # Read (created, announced) when a secret is first encrypted or decrypted: a command that
+    # only builds the services, e.g. `amobridge api-keys create`, leaves it alone.
+    folder = data_dir(settings)
+    return Keyring.deferred(lambda: [load_or_create_dev_key(folder)])
 
 
 @dataclass
@@ -106,7 +109,7 @@ class Services:
             check_interval=amo.connection_check_ms / 1000,
         )
         ttl = timedelta(seconds=settings.security.state_ttl_seconds)
-        states = StateStore(StateSigner(*keyring.derived_keys("oauth-state")), ttl)
+        states = StateStore(StateSigner.of(lambda: keyring.derived_keys("oauth-state")), ttl)
         button_secrets = ButtonSecretStore(keyring, ttl)
         connect = ConnectService(
             settings,

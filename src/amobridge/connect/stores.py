@@ -25,6 +25,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -69,7 +70,25 @@ class StateSigner:
     """Signs with the first key, accepts any: a flow started before a key rotation still ends."""
 
     def __init__(self, key: bytes, *older: bytes) -> None:
-        self._keys = [hashlib.sha256(b"amobridge/oauth-state/" + k).digest() for k in (key, *older)]
+        self._source: Callable[[], Sequence[bytes]] | None = None
+        self._macs = _mac_keys((key, *older))
+
+    @classmethod
+    def of(cls, keys: Callable[[], Sequence[bytes]]) -> StateSigner:
+        """A signer whose keys ``keys()`` gives when the first state is signed or checked (a
+        deferred keyring, e.g. the development key, is read then and not when services are
+        built)."""
+        signer = cls.__new__(cls)
+        signer._source = keys
+        signer._macs = []
+        return signer
+
+    @property
+    def _keys(self) -> list[bytes]:
+        if self._source is not None:
+            self._macs = _mac_keys(self._source())
+            self._source = None
+        return self._macs
 
     def new(self) -> str:
         nonce = base64.urlsafe_b64encode(secrets.token_bytes(24)).decode().rstrip("=")
@@ -89,6 +108,10 @@ class StateSigner:
     @staticmethod
     def _mac(key: bytes, nonce: str) -> str:
         return hmac.new(key, nonce.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _mac_keys(keys: Sequence[bytes]) -> list[bytes]:
+    return [hashlib.sha256(b"amobridge/oauth-state/" + k).digest() for k in keys]
 
 
 def state_id(state: str) -> str:

@@ -2,7 +2,9 @@
 
 A :class:`Keyring` wraps ``cryptography``'s MultiFernet: the first key encrypts, every key decrypts,
 so a new key is put in front and ``amobridge keys rotate`` re-encrypts old rows with it before the
-old key is removed. Fernet is authenticated (AES-128-CBC + HMAC-SHA256): a tampered ciphertext or a
+old key is removed. A keyring built with :meth:`Keyring.deferred` reads its keys when one is first
+needed: the development key is created and announced only by a command that encrypts or decrypts
+something. Fernet is authenticated (AES-128-CBC + HMAC-SHA256): a tampered ciphertext or a
 wrong key raises :class:`DecryptionError`, never returns garbage.
 """
 
@@ -12,7 +14,8 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -29,7 +32,41 @@ class DecryptionError(AmobridgeError):
 
 
 class Keyring:
+    _primary: Fernet
+    _raw_keys: list[bytes]
+    _primary_key: bytes
+    _multi: MultiFernet
+    _size: int
+
     def __init__(self, keys: Sequence[str | bytes]) -> None:
+        self._pending: Callable[[], Sequence[str | bytes]] | None = None
+        self._lock = threading.Lock()
+        self._install(keys)
+
+    @classmethod
+    def deferred(cls, keys: Callable[[], Sequence[str | bytes]]) -> Keyring:
+        """A keyring whose keys ``keys()`` gives when one is first needed (or at :meth:`load`)."""
+        keyring = cls.__new__(cls)
+        keyring._pending = keys
+        keyring._lock = threading.Lock()
+        return keyring
+
+    def load(self) -> None:
+        """Read deferred keys now: a service does at start, so the development key's warning and
+        a bad key show there rather than at its first request. No-op once the keys are read."""
+        if self._pending is None:
+            return
+        with self._lock:
+            if self._pending is not None:
+                self._install(self._pending())
+                self._pending = None
+
+    @property
+    def size(self) -> int:
+        self.load()
+        return self._size
+
+    def _install(self, keys: Sequence[str | bytes]) -> None:
         if not keys:
             raise ConfigurationError(
                 "at least one encryption key is needed (AMOBRIDGE_SECURITY__SECRET_KEYS)"
@@ -47,23 +84,27 @@ class Keyring:
         self._raw_keys = [k.encode() if isinstance(k, str) else k for k in keys]
         self._primary_key = self._raw_keys[0]
         self._multi = MultiFernet(fernets)
-        self.size = len(fernets)
+        self._size = len(fernets)
 
     def derived_key(self, purpose: str) -> bytes:
         """A key for ``purpose`` (e.g. MACs of OAuth states) derived from the primary key."""
+        self.load()
         return hmac.new(self._primary_key, f"amobridge/{purpose}".encode(), hashlib.sha256).digest()
 
     def derived_keys(self, purpose: str) -> list[bytes]:
         """:meth:`derived_key` of every configured key, the primary first."""
+        self.load()
         return [
             hmac.new(k, f"amobridge/{purpose}".encode(), hashlib.sha256).digest()
             for k in self._raw_keys
         ]
 
     def encrypt(self, plaintext: str) -> str:
+        self.load()
         return self._multi.encrypt(plaintext.encode()).decode()
 
     def decrypt(self, ciphertext: str) -> str:
+        self.load()
         try:
             return self._multi.decrypt(ciphertext.encode()).decode()
         except InvalidToken:
@@ -74,6 +115,7 @@ class Keyring:
 
     def rotate(self, ciphertext: str) -> str:
         """Re-encrypt with the primary key (no-op in effect when it already is)."""
+        self.load()
         try:
             return self._multi.rotate(ciphertext.encode()).decode()
         except InvalidToken:
@@ -82,6 +124,7 @@ class Keyring:
             ) from None
 
     def encrypted_with_primary(self, ciphertext: str) -> bool:
+        self.load()
         try:
             self._primary.decrypt(ciphertext.encode())
         except InvalidToken:
@@ -93,8 +136,13 @@ def generate_key() -> str:
     return Fernet.generate_key().decode()
 
 
+# Development key files this process has warned about: the warning is said once per process.
+_announced: set[Path] = set()
+
+
 def load_or_create_dev_key(data_dir: Path) -> str:
-    """Development only: a key kept in ``data_dir`` so tokens survive restarts. Warns loudly."""
+    """Development only: a key kept in ``data_dir`` so tokens survive restarts. Warns loudly, once
+    per process (per file)."""
     path = data_dir / DEV_KEY_FILE
     if path.exists():
         key = path.read_text().strip()
@@ -104,6 +152,9 @@ def load_or_create_dev_key(data_dir: Path) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(key + "\n")
+    if path in _announced:
+        return key
+    _announced.add(path)
     log.warning(
         "no AMOBRIDGE_SECURITY__SECRET_KEYS set: using the development key in %s. "
         "Never do this in production: set AMOBRIDGE_SECURITY__SECRET_KEYS to a key from "

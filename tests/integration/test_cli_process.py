@@ -1,0 +1,64 @@
+"""``amobridge`` as a person runs it: a real process in a folder of its own, with no
+``AMOBRIDGE_*`` variable set — the development key, the database it reads, what it prints.
+
+Without AMOBRIDGE_SECURITY__SECRET_KEYS, development uses a key kept in the data directory and
+says so: once per process, and only from a command that encrypts or decrypts something. A command
+that never touches a secret (``version``, ``--help``, ``api-keys create``, ``connections list``)
+neither prints the warning nor writes the key file.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from process_support import clean_env
+
+WARNING = "using the development key"
+
+
+def amobridge(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own program, argv built here
+        [sys.executable, "-m", "amobridge", *args],
+        cwd=cwd,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def legacy_env(folder: Path) -> Path:
+    path = folder / "backend.env"
+    path.write_text("AMOCRM_SUBDOMAIN=acme\nAMOCRM_ACCESS_TOKEN=a-long-lived-token\n")
+    return path
+
+
+def test_commands_that_use_no_key_print_no_warning(tmp_path: Path) -> None:
+    for args in (["version"], ["--help"], ["connections", "--help"], ["keys", "generate"]):
+        done = amobridge(tmp_path, *args)
+        assert done.returncode == 0, done.stderr
+        assert WARNING not in done.stderr + done.stdout, args
+    created = amobridge(tmp_path, "api-keys", "create", "--name", "ops")
+    assert created.returncode == 0, created.stderr
+    assert WARNING not in created.stderr
+    listed = amobridge(tmp_path, "connections", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert WARNING not in listed.stderr
+    assert not (tmp_path / "data" / "dev-secret.key").exists()
+
+
+def test_a_command_that_encrypts_warns_exactly_once(tmp_path: Path) -> None:
+    done = amobridge(tmp_path, "connections", "import-env", str(legacy_env(tmp_path)))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count(WARNING) == 1, done.stderr
+    key_file = tmp_path / "data" / "dev-secret.key"
+    assert str(key_file) in done.stderr
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert "a-long-lived-token" not in done.stdout + done.stderr
+    # The next process reads the same key (and says so again, once).
+    again = amobridge(tmp_path, "connections", "import-env", str(legacy_env(tmp_path)))
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count(WARNING) == 1, again.stderr
