@@ -40,6 +40,7 @@ async def principal_or_query_token(
             "API keys must not be sent in URLs: use the Authorization header, or "
             "GET /amocrm/auth?format=json and send the browser to the returned URL",
             status_code=401,
+            code="api_key_in_url",
         )
     return auth.principal_from_jwt(token)
 

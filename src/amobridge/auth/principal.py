@@ -47,11 +47,13 @@ class Principal:
         """The owner this call acts for. Users get their own; keys must name one."""
         if self.owner is not None:
             if requested is not None and requested != self.owner:
-                raise Forbidden("this token belongs to another owner")
+                raise Forbidden("this token belongs to another owner", code="owner_mismatch")
             return self.owner
         if not requested or not requested.strip():
-            raise ServiceError("owner is required (query parameter or body field 'owner')")
+            raise ServiceError(
+                "owner is required (query parameter or body field 'owner')", code="owner_required"
+            )
         problem = identifier_problem(requested)
         if problem is not None:
-            raise ServiceError(problem)
+            raise ServiceError(problem, code="invalid_owner")
         return requested

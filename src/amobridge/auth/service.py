@@ -107,7 +107,7 @@ class AuthService:
         if token.startswith(KEY_PREFIX):
             principal = await self.principal_from_api_key(token)
             if principal is None:
-                raise Unauthorized("unknown or revoked API key")
+                raise Unauthorized("unknown or revoked API key", code="invalid_api_key")
             return principal
         return self.principal_from_jwt(token)
 
@@ -178,13 +178,15 @@ class AuthService:
         if settings.jwt_algorithm == "HS256":
             if settings.jwt_secret is None:
                 raise Unauthorized(
-                    "end-user tokens are not enabled (AMOBRIDGE_SECURITY__JWT_SECRET)"
+                    "end-user tokens are not enabled (AMOBRIDGE_SECURITY__JWT_SECRET)",
+                    code="user_tokens_disabled",
                 )
             key: str = settings.jwt_secret.get_secret_value()
         else:
             if not settings.jwt_public_key:
                 raise Unauthorized(
-                    "end-user tokens are not enabled (AMOBRIDGE_SECURITY__JWT_PUBLIC_KEY)"
+                    "end-user tokens are not enabled (AMOBRIDGE_SECURITY__JWT_PUBLIC_KEY)",
+                    code="user_tokens_disabled",
                 )
             key = settings.jwt_public_key
         options: jwt.types.Options = {
@@ -201,13 +203,15 @@ class AuthService:
                 options=options,
             )
         except jwt.ExpiredSignatureError:
-            raise Unauthorized("the token has expired: sign in again") from None
+            raise Unauthorized(
+                "the token has expired: sign in again", code="token_expired"
+            ) from None
         except jwt.InvalidTokenError as exc:
-            raise Unauthorized(f"invalid token: {exc}") from None
+            raise Unauthorized(f"invalid token: {exc}", code="invalid_token") from None
         sub = claims.get("sub")
         if not isinstance(sub, str | int) or str(sub).strip() == "":
-            raise Unauthorized("invalid token: no subject")
+            raise Unauthorized("invalid token: no subject", code="invalid_token")
         problem = identifier_problem(str(sub), "the token's subject (sub)")
         if problem is not None:
-            raise Unauthorized(f"invalid token: {problem}")
+            raise Unauthorized(f"invalid token: {problem}", code="invalid_token")
         return Principal(role="user", name=f"user:{sub}", owner=str(sub))

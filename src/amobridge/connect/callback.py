@@ -88,14 +88,16 @@ class CallbackService:
     async def exchange_code_for(self, owner: str, code: str, referer: str) -> Connection:
         credentials = self.connect.configured()
         if credentials is None:
-            raise ServiceError(PROBLEMS["not_configured"][1], status_code=409)
+            raise ServiceError(
+                PROBLEMS["not_configured"][1], status_code=409, code="not_configured"
+            )
         try:
             return await self._connect_with_code(owner, code, referer, credentials)
         except ConnectFailure as failure:
             title, why, fix = PROBLEMS[failure.code]
             detail = f"{title}: {failure.detail or why} {fix}"
             status = 502 if failure.code == "amocrm_unavailable" else 400
-            raise ServiceError(detail, status_code=status) from None
+            raise ServiceError(detail, status_code=status, code=failure.code) from None
 
     async def _connect_with_code(
         self, owner: str, code: str, referer: str, credentials: Credentials

@@ -130,7 +130,8 @@ class ConnectService:
         if not scheme or scheme not in allowed:
             raise ServiceError(
                 f"redirect scheme {scheme or '(none)'!r} is not allowed; allowed: "
-                f"{', '.join(allowed) or 'none (set AMOBRIDGE_MOBILE__ALLOWED_SCHEMES)'}"
+                f"{', '.join(allowed) or 'none (set AMOBRIDGE_MOBILE__ALLOWED_SCHEMES)'}",
+                code="redirect_not_allowed",
             )
         return app_redirect
 
@@ -177,6 +178,7 @@ class ConnectService:
                 "no amoCRM integration is configured (AMOBRIDGE_AMO__CLIENT_ID/CLIENT_SECRET); "
                 "use the website button page /amocrm/connect instead",
                 status_code=409,
+                code="not_configured",
             )
         return credentials
 
@@ -236,14 +238,24 @@ class ConnectService:
         judged = await self.states.peek(session, state=state)
         if judged.problem is not None or judged.record is None:
             raise ServiceError(
-                f"state is {judged.problem or 'unknown'}: nothing stored", status_code=403
+                f"state is {judged.problem or 'unknown'}: nothing stored",
+                status_code=403,
+                code="state_invalid",
             )
         if judged.record.flow != "button":
-            raise ServiceError("state was not issued for the website button", status_code=403)
+            raise ServiceError(
+                "state was not issued for the website button",
+                status_code=403,
+                code="state_invalid",
+            )
         if not await self.button_secrets.put(
             session, state=state, client_id=client_id, client_secret=client_secret
         ):
-            raise ServiceError("credentials for this state were already received", status_code=409)
+            raise ServiceError(
+                "credentials for this state were already received",
+                status_code=409,
+                code="secrets_already_received",
+            )
         AuditRepository(session).record(
             actor="amocrm",
             action="button.secrets_received",
@@ -324,7 +336,7 @@ class ConnectService:
         try:
             account = parse_account_domain(domain)
         except AmoInvalidDomain as exc:
-            raise ServiceError(str(exc)) from None
+            raise ServiceError(str(exc), code="invalid_domain") from None
         now = time.time()
         # The token is decoded unverified: its claims are caller input like any other field.
         claims = token_claims(access_token)
@@ -349,7 +361,8 @@ class ConnectService:
             else:
                 raise ServiceError(
                     "a refresh token needs its integration: give client_id and client_secret "
-                    "(or configure AMOBRIDGE_AMO__CLIENT_ID/CLIENT_SECRET)"
+                    "(or configure AMOBRIDGE_AMO__CLIENT_ID/CLIENT_SECRET)",
+                    code="integration_required",
                 )
         tokens = TokenSet(
             access_token=access_token,
@@ -432,7 +445,7 @@ class ConnectService:
     async def disconnect(self, session: AsyncSession, owner: str, *, actor: str) -> None:
         row = await self.connections(session).disconnect(owner)
         if row is None:
-            raise NotFound("no amoCRM connection for this owner")
+            raise NotFound("no amoCRM connection for this owner", code="connection_not_found")
         AuditRepository(session).record(
             actor=actor,
             action="disconnect",
@@ -461,7 +474,7 @@ class ConnectService:
         integrations = self.integrations(session)
         integration = await integrations.by_client_id(client_uuid)
         if integration is None:
-            raise Unauthorized("unknown integration")
+            raise Unauthorized("unknown integration", code="unknown_integration")
         expected = hmac.new(
             integrations.secret(integration).encode(),
             f"{client_uuid}|{int(account_id)}".encode(),
@@ -471,7 +484,7 @@ class ConnectService:
         if not hmac.compare_digest(
             expected.encode(), signature.lower().encode("utf-8", "surrogatepass")
         ):
-            raise Unauthorized("bad signature")
+            raise Unauthorized("bad signature", code="bad_signature")
         connections = self.connections(session)
         audit = AuditRepository(session)
         ours = [
@@ -529,7 +542,8 @@ def _check_claims(claims: dict[str, Any], now: float) -> None:
     ):
         raise ServiceError(
             "the access token's exp claim is not a plausible expiry time: expected a Unix "
-            "time between 1970 and ten years from now"
+            "time between 1970 and ten years from now",
+            code="invalid_token_claims",
         )
     account_id = claims.get("account_id")
     if (
@@ -537,7 +551,10 @@ def _check_claims(claims: dict[str, Any], now: float) -> None:
         and not isinstance(account_id, bool)
         and not 0 < account_id <= MAX_BIGINT
     ):
-        raise ServiceError("the access token's account_id claim is not a valid account id")
+        raise ServiceError(
+            "the access token's account_id claim is not a valid account id",
+            code="invalid_token_claims",
+        )
 
 
 def _ascii_digits(value: str, max_length: int) -> bool:

@@ -6,8 +6,8 @@ of it in memory before it can refuse it: 300 MB took 12 s and 1 GB of memory to 
 - A ``Content-Length`` over the limit is answered 413 at once; the app never runs.
 - A body without one (chunked) is counted as it streams: the app's next read of the body raises
   :class:`BodyTooLarge` as soon as the count passes the limit, which the error handlers render
-  as 413 ``{"detail"}`` (a subclass of Starlette's ``HTTPException``, so FastAPI's body parsing
-  re-raises it instead of turning it into "error parsing the body").
+  as 413 ``{"error": "body_too_large", "detail"}`` (a subclass of Starlette's ``HTTPException``,
+  so FastAPI's body parsing re-raises it instead of turning it into "error parsing the body").
 """
 
 from __future__ import annotations
@@ -16,13 +16,22 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from amobridge.web.errors import error_body
+
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "BodySizeLimitMiddleware", "BodyTooLarge"]
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 
 def _too_large(limit: int) -> str:
-    return f"request body is larger than {limit} bytes (AMOBRIDGE_SERVER__MAX_BODY_BYTES)"
+    return (
+        f"request body is larger than {limit} bytes: send a smaller one "
+        "(the limit is AMOBRIDGE_SERVER__MAX_BODY_BYTES)"
+    )
+
+
+def _too_large_response(limit: int) -> JSONResponse:
+    return JSONResponse(error_body("body_too_large", _too_large(limit)), status_code=413)
 
 
 class BodyTooLarge(HTTPException):
@@ -46,14 +55,14 @@ class BodySizeLimitMiddleware:
             # (tests, ASGI transports) may not, so it is checked here too.
             value = declared[0].strip()
             if len(declared) > 1 or not value.isdigit():
-                await JSONResponse({"detail": "invalid Content-Length"}, status_code=400)(
-                    scope, receive, send
+                invalid = error_body(
+                    "invalid_content_length",
+                    "invalid Content-Length: send one decimal Content-Length header, or none",
                 )
+                await JSONResponse(invalid, status_code=400)(scope, receive, send)
                 return
             if int(value) > limit:
-                await JSONResponse({"detail": _too_large(limit)}, status_code=413)(
-                    scope, receive, send
-                )
+                await _too_large_response(limit)(scope, receive, send)
                 return
 
         received = 0
@@ -77,9 +86,9 @@ class BodySizeLimitMiddleware:
 
         try:
             await self.app(scope, counted, tracked)
-        except BodyTooLarge as exc:
+        except BodyTooLarge:
             # Read outside the error handlers' reach (a middleware, say): still a 413, unless
             # a response had already begun, which can then only be cut off.
             if started:
                 raise
-            await JSONResponse({"detail": exc.detail}, status_code=413)(scope, receive, send)
+            await _too_large_response(limit)(scope, receive, send)
