@@ -132,6 +132,17 @@ def _configure_logging(settings: Settings) -> None:
     configure_logging(settings.log_level)
 
 
+def _check_storage(settings: Settings) -> None:
+    """Refuse to start on a database that is gone, replaced or write-protected: one clear
+    message and exit code 2 (the check would otherwise fail inside the server's start-up)."""
+    from amobridge.storage.identity import verify
+
+    try:
+        asyncio.run(verify(settings.database.url))
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+
+
 @app.command()
 def serve(
     host: Annotated[
@@ -156,6 +167,7 @@ def serve(
 
     settings = _settings()
     _configure_logging(settings)
+    _check_storage(settings)
     try:
         services = Services.build(settings)
         # The service encrypts and decrypts from its first request on: its keys are read (and
@@ -177,11 +189,10 @@ def serve(
 
 @app.command()
 def migrate() -> None:
-    """Bring the database schema up to date (Alembic)."""
-    from amobridge.storage import migrate as migrations
-
+    """Bring the database schema up to date (Alembic), after the start-up check of the
+    database's identity (a missing or swapped database is refused, not recreated)."""
     settings = _settings()
-    migrations.upgrade(settings.database.url)
+    _check_storage(settings)
     typer.echo("database is up to date")
 
 
@@ -389,6 +400,7 @@ def demo(
 
     settings = _settings()
     _configure_logging(settings)
+    _check_storage(settings)
     try:
         asyncio.run(
             run_demo(

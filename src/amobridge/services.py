@@ -36,6 +36,7 @@ from amobridge.errors import ConfigurationError
 from amobridge.settings import Environment, Settings
 from amobridge.storage.crypto import Keyring, load_or_create_dev_key
 from amobridge.storage.db import Database
+from amobridge.storage.identity import establish, preflight
 from amobridge.storage.migrate import upgrade_async
 from amobridge.storage.tables import Connection
 
@@ -147,8 +148,10 @@ class Services:
     async def start(self, *, migrate: bool = True, workers: bool | None = None) -> None:
         if self.started:
             return
+        preflight(self.db)  # before migrations, which would create a missing database
         if migrate:
             await upgrade_async(self.settings.database.url)
+        await establish(self.db)
         admin = self.settings.security.admin_api_key
         if admin is not None:
             async with self.db.transaction() as session:

@@ -22,10 +22,17 @@ for them in write units.
 :attr:`Database.write_generation` counts the write units this process has finished, so a cache of
 database state (the status answers of ``GET /amocrm/status``) can tell whether this process wrote
 anything since it read.
+
+Every unit first asks :mod:`amobridge.storage.guard` whether the storage can be used (a SQLite
+file still the one opened and writable) and is refused with ``StorageUnavailable`` (503) when not;
+driver errors that mean the storage failed become the same. :meth:`Database.probe` is the
+readiness check: the guard, then one small write.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -40,7 +47,17 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from amobridge.storage.guard import (
+    SqliteFileGuard,
+    StorageUnavailable,
+    failure_reason,
+    is_storage_failure,
+)
+from amobridge.storage.marker import StorageMarkerRepository
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+PROBE_MAX_AGE = 1.0  # seconds a readiness answer is reused
+PROBE_TIMEOUT = 5.0  # seconds the readiness write may take
 
 
 def normalize_url(url: str) -> str:
@@ -63,10 +80,14 @@ class Database:
         self.url = normalize_url(url)
         self.dialect = make_url(self.url).get_backend_name()
         kwargs: dict[str, Any] = {"echo": echo}
+        self.guard: SqliteFileGuard | None = None
+        self.path: Path | None = None
         if self.dialect == "sqlite":
             database = make_url(self.url).database
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                self.path = Path(database).absolute()
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.guard = SqliteFileGuard(self.path)
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
@@ -91,6 +112,10 @@ class Database:
                 **read_kwargs,
             )
         self._write_generation = 0
+        self._reopen = False  # the storage failed: reopen the pools once it answers again
+        self._probe_lock = asyncio.Lock()
+        self._probed_at = -PROBE_MAX_AGE
+        self._probe_problem: str | None = None
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
@@ -98,12 +123,37 @@ class Database:
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
 
+    async def _usable(self) -> None:
+        """Refuse a unit while the storage cannot take it; reopen the pools after a failure."""
+        if self.guard is not None:
+            problem = self.guard.problem()
+            if problem is not None:
+                self._reopen = True
+                raise StorageUnavailable(problem)
+        if self._reopen:
+            # Connections opened while the files were write-protected stay read-only for good:
+            # drop every idle one (those in use are closed when they come back).
+            self._reopen = False
+            await self.engine.dispose()
+            await self.read_engine.dispose()
+
+    def _failed(self, error: BaseException, *, read_unit: bool = False) -> bool:
+        if not is_storage_failure(error, read_unit=read_unit):
+            return False
+        self._reopen = True
+        return True
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """One unit of work: committed when the block ends, rolled back if it raises."""
+        await self._usable()
         try:
             async with self._sessions() as session, session.begin():
                 yield session
+        except Exception as exc:
+            if self._failed(exc):
+                raise StorageUnavailable(failure_reason(exc)) from exc
+            raise
         finally:
             # Counted once the unit is over, committed or not (a rolled-back one costs a cache
             # at most one needless read): whatever was read before this may predate the write.
@@ -119,15 +169,65 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A read-only unit of work: autocommit reads on read-only connections (a write here
         raises)."""
-        async with self._read_sessions() as session:
-            yield session
+        await self._usable()
+        try:
+            async with self._read_sessions() as session:
+                yield session
+        except Exception as exc:
+            if self._failed(exc, read_unit=True):
+                raise StorageUnavailable(failure_reason(exc)) from exc
+            raise
 
     async def ping(self) -> None:
-        """One round trip to the database (readiness); raises when it cannot answer."""
+        """One round trip to the database; raises when it cannot answer."""
         async with self.read() as session:
             await session.execute(text("SELECT 1"))
 
+    async def probe(self) -> None:
+        """The readiness check: the storage guard, then one small write (the marker row's
+        ``probed_at``), so "ready" means the database takes writes. Raises
+        ``StorageUnavailable`` with the reason."""
+        async with self.transaction() as session:
+            marked = await StorageMarkerRepository(session).touch()
+        if not marked:
+            raise StorageUnavailable(
+                "the database has no identity row: it was emptied or replaced while the service "
+                "ran; restart the service (its start-up check says what to do)"
+            )
+
+    async def readiness(self, *, max_age: float = PROBE_MAX_AGE) -> str | None:
+        """``None`` when the database is usable, else why not. The probe's answer is reused for
+        ``max_age`` seconds and concurrent callers share one probe, so a load balancer polling
+        ``/readyz`` does not turn into a stream of writes; the file checks run every time."""
+        if self.guard is not None:
+            problem = self.guard.problem()
+            if problem is not None:
+                self._reopen = True
+                return problem
+        now = time.monotonic()
+        if now - self._probed_at < max_age:
+            return self._probe_problem
+        async with self._probe_lock:
+            if time.monotonic() - self._probed_at < max_age:
+                return self._probe_problem
+            try:
+                await asyncio.wait_for(self.probe(), PROBE_TIMEOUT)
+                problem = None
+            except StorageUnavailable as exc:
+                problem = exc.detail
+            except TimeoutError:
+                problem = f"the database did not answer a write within {PROBE_TIMEOUT:g} s"
+            except Exception as exc:  # the readiness answer reports, never raises
+                problem = f"the database failed: {type(exc).__name__}"
+            self._probe_problem, self._probed_at = problem, time.monotonic()
+            return problem
+
     async def dispose(self) -> None:
+        if self.guard is not None and self.guard.problem() is not None:
+            # Closing the last connection checkpoints the WAL, a write into files that no longer
+            # take one (SIGBUS on an immutable -shm): leave them as they are, SQLite recovers
+            # the WAL at the next open.
+            return
         await self.engine.dispose()
         await self.read_engine.dispose()
 

@@ -259,3 +259,18 @@ class HostNotification(Base):
     delivered_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_host_notifications_status_next", "status", "next_attempt_at"),)
+
+
+class StorageMarker(Base):
+    """The database's identity: one row (``id`` 1) written when the service first starts on it.
+    ``instance_id`` is also kept in a file next to a SQLite database, so a service that finds the
+    database gone or replaced by an empty one refuses to start instead of starting afresh.
+    ``probed_at`` is rewritten by the readiness probe (a cheap write that proves the database
+    takes writes)."""
+
+    __tablename__ = "storage_marker"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    probed_at: Mapped[datetime | None]
