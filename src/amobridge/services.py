@@ -36,6 +36,7 @@ from amobridge.errors import ConfigurationError
 from amobridge.settings import Environment, Settings
 from amobridge.storage.crypto import Keyring, load_or_create_dev_key
 from amobridge.storage.db import Database
+from amobridge.storage.guard import StorageUnavailable
 from amobridge.storage.identity import establish, preflight
 from amobridge.storage.migrate import upgrade_async
 from amobridge.storage.tables import Connection
@@ -170,6 +171,8 @@ class Services:
             try:
                 await self.connect_tasks.purge_expired()
                 await self.connect_tasks.keepalive(older_than=keepalive)
+            except StorageUnavailable as exc:  # one line, not a traceback a minute
+                log.warning("housekeeping paused: %s", exc.detail)
             except Exception:  # a bad round must not end housekeeping; it is logged
                 log.exception("housekeeping round failed")
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
@@ -178,6 +181,8 @@ class Services:
         while True:
             try:
                 await self.connect_tasks.deliver_notifications()
+            except StorageUnavailable as exc:
+                log.warning("host notifications paused: %s", exc.detail)
             except Exception:  # e.g. the database is briefly unavailable: next round retries
                 log.exception("host notification round failed")
             await asyncio.sleep(NOTIFY_INTERVAL)
