@@ -6,13 +6,22 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from amobridge import __version__
 from amobridge.errors import AmobridgeError, ConfigurationError, ServiceError
-from amobridge.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from amobridge.connect.listing import ListedConnection
+    from amobridge.settings import Settings
+
+# Everything heavy (SQLAlchemy, Alembic, FastAPI, the service's object graph, even the settings'
+# pydantic models) is imported inside the commands that use it: `amobridge version` and
+# `amobridge connections list` pay only for what they need.
 
 T = TypeVar("T")
 
@@ -31,6 +40,8 @@ app = typer.Typer(
 
 
 def _settings() -> Settings:
+    from amobridge.settings import load_settings
+
     try:
         return load_settings()
     except ConfigurationError as exc:
@@ -166,6 +177,7 @@ def serve(
     from amobridge.web.app import create_app
 
     settings = _settings()
+    _say_database(settings)
     _configure_logging(settings)
     _check_storage(settings)
     try:
@@ -192,6 +204,7 @@ def migrate() -> None:
     """Bring the database schema up to date (Alembic), after the start-up check of the
     database's identity (a missing or swapped database is refused, not recreated)."""
     settings = _settings()
+    _say_database(settings)
     _check_storage(settings)
     typer.echo("database is up to date")
 
@@ -216,6 +229,8 @@ def keys_rotate() -> None:
     from amobridge.storage.rotate import rotate_all
 
     settings = _settings()
+    _say_database(settings)
+    _require_database(settings)
 
     async def go() -> int:
         services = Services.build(settings)
@@ -248,6 +263,7 @@ def api_keys_create(
     if role not in ("admin", "app"):
         _fail("role must be admin or app", 2)
     settings = _settings()
+    _say_database(settings)
 
     async def go() -> str:
         services = Services.build(settings)
@@ -267,59 +283,99 @@ def api_keys_create(
     typer.echo("store it now: it is not shown again", err=True)
 
 
+def _say_database(settings: Settings) -> None:
+    """One line on stderr naming the database a command uses: the default SQLite path is relative
+    to the working folder, so a command run from another folder uses another database."""
+    from amobridge.storage.location import shown_database
+
+    typer.echo(f"database: {shown_database(settings.database.url)}", err=True)
+
+
+def _require_database(settings: Settings) -> None:
+    """Stop a command that reads or rewrites what is stored when its SQLite file does not exist,
+    rather than create an empty database there."""
+    from amobridge.storage.location import sqlite_file
+
+    path = sqlite_file(settings.database.url)
+    if path is None or path.exists():
+        return
+    if path.is_absolute():
+        _fail(
+            f"no database at {path.resolve()} — start the service (amobridge serve) or run "
+            "`amobridge migrate` with this AMOBRIDGE_DATABASE__URL to create it"
+        )
+    _fail(
+        f"no database at {path.resolve()} — run from the folder where the service runs, or set "
+        "AMOBRIDGE_DATABASE__URL to its absolute path (sqlite:////srv/amobridge/data/amobridge.db)"
+    )
+
+
+NOTHING = "—"
+
+
+def _when(value: datetime | None) -> str:
+    from datetime import UTC
+
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if value else NOTHING
+
+
+def _token_expires(row: ListedConnection) -> str:
+    if not row.has_tokens:
+        return NOTHING
+    if row.long_lived:
+        return "long-lived" if row.expires_at is None else f"{_when(row.expires_at)} (long-lived)"
+    return _when(row.expires_at)
+
+
 @connections_app.command("list")
-def connections_list() -> None:
+def connections_list(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON array (for scripts) instead of a table.")
+    ] = False,
+    owner: Annotated[
+        str | None, typer.Option(metavar="OWNER", help="Only the connection of this owner.")
+    ] = None,
+) -> None:
     """List the connections and their status (never a token)."""
-    from amobridge.services import Services
+    from amobridge.connect.listing import DatabaseNotReady, list_database, list_sqlite
+    from amobridge.storage.location import sqlite_file
 
     settings = _settings()
+    _say_database(settings)
+    _require_database(settings)
+    path = sqlite_file(settings.database.url)
+    try:
+        rows = list_sqlite(path) if path else _run(list_database(settings.database.url))
+    except DatabaseNotReady as exc:
+        _fail(str(exc))
+    if owner is not None:
+        rows = [row for row in rows if row.owner == owner]
+        if not rows:
+            _fail(f"no connection for owner {owner!r}")
+    if as_json:
+        import json
 
-    async def go() -> list[dict[str, Any]]:
-        services = Services.build(settings)
-        try:
-            await services.start(workers=False)
-            async with services.db.read() as session:
-                rows = await services.connections(session).all()
-                return [
-                    await services.connect.status(session, r.owner) | {"owner": r.owner}
-                    for r in rows
-                ]
-        finally:
-            await services.stop()
-
-    rows = _run(go())
-    typer.echo(f"database: {_shown_database(settings)}", err=True)
+        typer.echo(json.dumps([row.as_json() for row in rows], indent=2, ensure_ascii=False))
+        return
     if not rows:
         typer.echo("no connections")
         return
     table = [("OWNER", "ACCOUNT", "STATUS", "TOKEN EXPIRES", "LAST REFRESH", "LAST ERROR")]
     for row in rows:
-        expires = "long-lived" if row.get("longLived") else (row["expiresAt"] or "-")
         table.append(
             (
-                row["owner"],
-                row["domain"] or "-",
-                row["status"],
-                expires,
-                row["lastRefreshAt"] or "-",
-                (row["lastError"] or "-").replace("\n", " ")[:80],
+                row.owner,
+                row.domain or NOTHING,
+                row.status,
+                _token_expires(row),
+                _when(row.last_refresh_at),
+                (row.last_error or NOTHING).replace("\n", " ")[:80],
             )
         )
-    widths = [max(len(str(line[i])) for line in table) for i in range(len(table[0]) - 1)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]) - 1)]
     for line in table:
-        cells = [str(cell).ljust(width) for cell, width in zip(line, widths, strict=False)]
-        typer.echo("  ".join([*cells, str(line[-1])]))
-
-
-def _shown_database(settings: Settings) -> str:
-    """The database URL without a password, and an SQLite path made absolute: a command run from
-    another folder would otherwise silently use another ``./data`` database."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(settings.database.url)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        return f"sqlite:///{Path(url.database).resolve()}"
-    return url.render_as_string(hide_password=True)
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
+        typer.echo("  ".join([*cells, line[-1]]))
 
 
 @connections_app.command("import-env")
@@ -341,6 +397,7 @@ def connections_import_env(
     if not env_file.is_file():
         _fail(f"{env_file} does not exist", 2)
     settings = _settings()
+    _say_database(settings)
     try:
         legacy = read_legacy_env(env_file)
     except ValueError as exc:

@@ -25,6 +25,7 @@ from amobridge.sandbox.demo import Demo, seed_demo
 from amobridge.sandbox.from_settings import sandbox_from_settings
 from amobridge.services import Services, data_dir
 from amobridge.settings import Environment, Settings
+from amobridge.storage.location import shown_database
 from amobridge.web.app import create_app
 
 DEMO_OWNER = "demo-user"
@@ -133,7 +134,7 @@ async def run_demo(settings: Settings, *, host: str, port: int, sandbox_port: in
     echo(f"  service:   {service_url}   (API docs: {service_url}/docs, health: /healthz)")
     echo(f"  sandbox:   {sandbox_url}   (a local amoCRM; control API: /_sandbox/health)")
     echo(f"  account:   {made.account.host} (id {made.account.id})")
-    echo(f"  database:  {wired.database.url}")
+    echo(f"  database:  {shown_database(wired.database.url)}")
     echo(f"  state:     {box.state_file}   (the sandbox's accounts and tokens; delete to reset)")
     echo("")
     echo(f"Connect the demo owner {DEMO_OWNER!r}: open in a browser")

@@ -22,9 +22,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from amobridge.connect.listing import LISTED_COLUMNS
 from amobridge.storage.crypto import Keyring
 from amobridge.storage.repository import Repository
 from amobridge.storage.tables import (
@@ -459,6 +460,32 @@ class NotificationRepository(Repository[HostNotification]):
             .values(**values)
             .execution_options(synchronize_session=False)
         )
+
+
+class ConnectionListRepository(Repository[Connection]):
+    """Every connection's status columns for ``amobridge connections list``: the read
+    :func:`amobridge.connect.listing.list_sqlite` makes of a SQLite file with ``sqlite3``, for any
+    database. No keyring: it reads no secret, not even a ciphertext."""
+
+    model = Connection
+
+    async def migrated(self) -> bool:
+        """Whether the database has the connections table at all (never migrated: no)."""
+        connection = await self.session.connection()
+        return await connection.run_sync(
+            lambda sync: inspect(sync).has_table(Connection.__tablename__)
+        )
+
+    async def rows(self) -> list[tuple[Any, ...]]:
+        """:data:`~amobridge.connect.listing.LISTED_COLUMNS`, then whether the row holds tokens;
+        oldest connection first."""
+        columns = [getattr(Connection, name) for name in LISTED_COLUMNS]
+        result = await self.session.execute(
+            select(*columns, Connection.access_token_enc.is_not(None)).order_by(
+                Connection.created_at
+            )
+        )
+        return [tuple(row) for row in result.all()]
 
 
 class HookSignatureRepository(Repository[UsedHookSignature]):
