@@ -33,6 +33,7 @@ from amobridge.connect.stores import ButtonSecretStore, StateSigner, StateStore
 from amobridge.connect.tasks import ConnectTasks
 from amobridge.connect.token_store import DatabaseTokenStore
 from amobridge.errors import ConfigurationError
+from amobridge.jobs import JobHandlers, JobQueue, JobWorker
 from amobridge.settings import Environment, Settings
 from amobridge.storage.crypto import Keyring, load_or_create_dev_key
 from amobridge.storage.db import Database
@@ -81,6 +82,11 @@ class Services:
     connect: ConnectService
     connect_callback: CallbackService
     connect_tasks: ConnectTasks
+    # The job queue (features enqueue in their units), the handler of each job kind (features
+    # register theirs when the services are built) and, while workers run, this process's worker.
+    jobs: JobQueue
+    job_handlers: JobHandlers
+    job_worker: JobWorker | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: bool = False
 
@@ -136,11 +142,26 @@ class Services:
             connect,
             CallbackService(connect),
             tasks,
+            jobs=JobQueue(settings.jobs),
+            job_handlers=JobHandlers(),
         )
 
     def connections(self, session: AsyncSession) -> ConnectionRepository:
         """The connections repository in ``session`` (for the CLI and tests)."""
         return ConnectionRepository(session, self.keyring)
+
+    def new_job_worker(self, *, concurrency: int | None = None) -> JobWorker:
+        """A worker running this process's registered job handlers (``start(workers=True)``
+        starts one; tests drive one step by step)."""
+        return JobWorker(
+            self.db,
+            self.jobs,
+            self.job_handlers,
+            self.settings.jobs,
+            clients=self.clients,
+            services=self,
+            concurrency=concurrency,
+        )
 
     def tokens_of(self, row: Connection) -> Tokens | None:
         """A connection row's tokens in plaintext (diagnostics and tests; never log them)."""
@@ -163,6 +184,8 @@ class Services:
         if run:
             self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
             self._tasks.append(asyncio.create_task(self._notifications(), name="notifications"))
+            self.job_worker = self.new_job_worker()
+            self.job_worker.start()
         self.started = True
 
     async def _housekeeping(self) -> None:
@@ -188,6 +211,9 @@ class Services:
             await asyncio.sleep(NOTIFY_INTERVAL)
 
     async def stop(self) -> None:
+        if self.job_worker is not None:  # first: running handlers finish or hand their jobs back
+            await self.job_worker.stop()
+            self.job_worker = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -244,6 +244,57 @@ class HooksSettings(_Group):
     reauth_callback_secret: SecretStr | None = None
 
 
+class JobsSettings(_Group):
+    """The job queue's workers (``amobridge worker``, and ``serve`` with RUN_WORKERS)."""
+
+    concurrency: int = Field(
+        4, ge=1, le=256, description="Handlers one worker process runs at the same time."
+    )
+    connection_concurrency: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Jobs of one connection running at the same time, across all workers.",
+    )
+    max_attempts: int = Field(
+        8, ge=1, le=1000, description="Attempts of a job before it is failed (enqueue may say)."
+    )
+    backoff_base_seconds: float = Field(
+        5.0, gt=0, description="Wait before the second attempt; doubled after each failure."
+    )
+    backoff_cap_seconds: float = Field(
+        3600.0, gt=0, description="Longest wait between two attempts."
+    )
+    lease_seconds: float = Field(
+        60.0,
+        ge=1,
+        description="A claimed job's lease, renewed every third of it while its handler runs; "
+        "a lease that ran out (the worker died) lets another worker take the job over.",
+    )
+    poll_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="How often an idle worker looks for due jobs when nothing woke it.",
+    )
+    handler_timeout_seconds: float = Field(
+        300.0, gt=0, description="A handler running longer is cancelled and its jobs retried."
+    )
+    resume_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="How often paused jobs are checked: a re-connected connection's or an "
+        "ended ban's jobs go back to pending.",
+    )
+    shutdown_grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="How long a stopping worker lets running handlers finish before it hands "
+        "their jobs back.",
+    )
+
+
 class Settings(BaseSettings):
     """All of amobridge's settings. Build with :func:`load_settings` to get a readable error."""
 
@@ -266,6 +317,7 @@ class Settings(BaseSettings):
     amo: AmoSettings = AmoSettings()
     mobile: MobileSettings = MobileSettings()
     hooks: HooksSettings = HooksSettings()
+    jobs: JobsSettings = JobsSettings()
     sandbox: SandboxSettings = SandboxSettings()
 
     @model_validator(mode="after")
@@ -311,6 +363,16 @@ _NUMERIC_LIMITS = frozenset(
         "keepalive_refresh_days",
         "connection_check_ms",
         "max_body_bytes",
+        "concurrency",
+        "connection_concurrency",
+        "max_attempts",
+        "backoff_base_seconds",
+        "backoff_cap_seconds",
+        "lease_seconds",
+        "poll_seconds",
+        "handler_timeout_seconds",
+        "resume_seconds",
+        "shutdown_grace_seconds",
     }
 )
 

@@ -274,3 +274,72 @@ class StorageMarker(Base):
     instance_id: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     probed_at: Mapped[datetime | None]
+
+
+# The states of a job (``jobs.state``); see ``amobridge.jobs`` for the transitions.
+JOB_STATES = ("pending", "running", "succeeded", "failed", "paused", "cancelled")
+# A job in one of these is not finished: a dedup key names at most one of them.
+JOB_ACTIVE_STATES = ("pending", "running", "paused")
+_ACTIVE_JOB = text("state IN ('pending', 'running', 'paused')")
+
+
+class Job(Base):
+    """A durable unit of outbound work (push a lead, subscribe a webhook, deliver a host-app
+    event), queued in the same transaction as the change it comes from and run by a worker.
+
+    ``turn`` is the job's place in the rotation across connections (given at enqueue: the
+    connection's last turn + 1, never before the queue's current one), so a connection's backlog
+    never holds up another's next job. ``locked_by``/``locked_until``: the worker running it and
+    its lease, renewed while the handler runs; a lease that ran out is taken over.
+    ``idempotency_key``: sent to amoCRM with the request, so a re-run after an ambiguous
+    failure finds what the first run created instead of creating it again."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    kind: Mapped[str] = mapped_column(String(64))  # e.g. sync.push_lead
+    owner: Mapped[str | None] = mapped_column(String(255))
+    connection_id: Mapped[str | None] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]]
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # JOB_STATES
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims so far
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    run_after: Mapped[datetime] = mapped_column(default=utcnow)
+    turn: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Jobs with the same ordering key run one at a time, in id order.
+    ordering_key: Mapped[str | None] = mapped_column(String(255))
+    # At most one pending, running or paused job per dedup key (the partial unique index below).
+    dedup_key: Mapped[str | None] = mapped_column(String(255))
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    locked_by: Mapped[str | None] = mapped_column(String(64))
+    locked_until: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]  # when the current or last attempt was claimed
+    last_error: Mapped[str | None] = mapped_column(Text)  # masked, never a token
+    # Why a paused job waits (reauth_required, disconnected, banned, or a handler's reason) and,
+    # when it resumes by itself at a time, until when.
+    paused_reason: Mapped[str | None] = mapped_column(String(64))
+    paused_until: Mapped[datetime | None]
+    result: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        # The claim walks pending (and lease-expired running) jobs in turn order.
+        Index("ix_jobs_state_turn", "state", "turn", "id"),
+        # A connection's running jobs (its concurrency), paused jobs and last turn.
+        Index("ix_jobs_connection_state", "connection_id", "state", "turn"),
+        Index("ix_jobs_ordering_key_state", "ordering_key", "state", "id"),
+        Index("ix_jobs_owner_state", "owner", "state", "id"),
+        # The worker's next wake-up: the earliest run_after of the pending jobs.
+        Index("ix_jobs_state_run_after", "state", "run_after"),
+        Index(
+            "uq_jobs_dedup_key_active",
+            "dedup_key",
+            unique=True,
+            postgresql_where=_ACTIVE_JOB,
+            sqlite_where=_ACTIVE_JOB,
+        ),
+    )

@@ -1,0 +1,63 @@
+"""The queue's upkeep, run by every worker every ``AMOBRIDGE_JOBS__RESUME_SECONDS`` in one
+write unit (each step is an idempotent UPDATE, so several workers running it do no harm):
+
+1. a running job whose lease ran out on its last attempt is failed (its worker died every time:
+   a job that kills its worker must not loop for ever);
+2. paused jobs whose wait is over go back to pending: those of connections active again (the
+   owner re-connected) and those paused until a time that has passed (a ban that ended);
+3. pending jobs of connections that need re-authorization or were disconnected are paused
+   (``reauth_required`` / ``disconnected``) — kept, never dropped — until step 2 resumes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from amobridge.jobs.repository import JobRepository
+from amobridge.storage.db import Database
+
+if TYPE_CHECKING:
+    from amobridge.jobs.service import JobSignal
+
+log = logging.getLogger("amobridge.jobs")
+
+
+@dataclass(frozen=True)
+class UpkeepReport:
+    abandoned: int
+    resumed: int
+    held: int
+
+
+class JobTasks:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        signal: JobSignal | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._db = db
+        self._signal = signal
+        self._clock = clock
+
+    async def upkeep(self) -> UpkeepReport:
+        async with self._db.transaction() as session:
+            jobs = JobRepository(session)
+            now = self._clock() if self._clock is not None else await jobs.db_now()
+            abandoned = await jobs.fail_abandoned(now=now)
+            resumed = await jobs.resume(now=now)
+            held = await jobs.hold_inactive_connections(now=now)
+            if resumed:
+                await jobs.notify("resumed")
+                if self._signal is not None:
+                    jobs.on_commit(self._signal.notify)
+        if abandoned:
+            log.warning("%d jobs failed: their workers stopped on every attempt", abandoned)
+        if resumed or held:
+            log.info("jobs resumed: %d, paused with their connection: %d", resumed, held)
+        return UpkeepReport(abandoned, resumed, held)
