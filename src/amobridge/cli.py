@@ -135,6 +135,29 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         _fail(exc.detail)
     except AmobridgeError as exc:  # e.g. a stored secret no configured key decrypts
         _fail(str(exc))
+    except Exception as exc:
+        problem = _database_problem(exc)
+        if problem is None:
+            raise
+        _fail(problem)
+
+
+def _database_problem(exc: BaseException) -> str | None:
+    """One line on what failed in the database (unreachable, refused, a file that cannot be
+    opened), without the SQL or its parameters (they may hold tokens); None for anything else,
+    which is a bug and keeps its traceback."""
+    import sqlite3
+    import sys
+
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    if sa_exc is not None and isinstance(exc, sa_exc.DBAPIError):
+        lines = str(exc.orig).strip().splitlines() if exc.orig is not None else []
+        reason = lines[0] if lines else type(exc).__name__
+    elif isinstance(exc, sqlite3.Error | OSError):
+        reason = str(exc)
+    else:
+        return None
+    return f"the database failed: {reason}"
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -258,10 +281,13 @@ def api_keys_create(
     role: Annotated[str, typer.Option(metavar="ROLE", help="admin or app.")] = "app",
 ) -> None:
     """Create an API key and print it once (only its hash is stored)."""
+    from amobridge.auth.principal import identifier_problem
     from amobridge.services import Services
 
     if role not in ("admin", "app"):
         _fail("role must be admin or app", 2)
+    if problem := identifier_problem(name, "--name"):
+        _fail(problem, 2)
     settings = _settings()
     _say_database(settings)
 
@@ -337,9 +363,12 @@ def connections_list(
     ] = None,
 ) -> None:
     """List the connections and their status (never a token)."""
+    from amobridge.auth.principal import identifier_problem
     from amobridge.connect.listing import DatabaseNotReady, list_database, list_sqlite
     from amobridge.storage.location import sqlite_file
 
+    if owner is not None and (problem := identifier_problem(owner)):
+        _fail(problem, 2)
     settings = _settings()
     _say_database(settings)
     _require_database(settings)
@@ -391,11 +420,14 @@ def connections_import_env(
     ENV_FILE holds its AMOCRM_* / AMO_* values (AMOCRM_SUBDOMAIN, AMOCRM_ACCESS_TOKEN,
     AMO_DOMAIN, …): an existing single-account setup migrates in one command.
     """
+    from amobridge.auth.principal import identifier_problem
     from amobridge.connect.envimport import read_legacy_env
     from amobridge.services import Services
 
     if not env_file.is_file():
         _fail(f"{env_file} does not exist", 2)
+    if problem := identifier_problem(owner):
+        _fail(problem, 2)
     settings = _settings()
     _say_database(settings)
     try:
@@ -474,4 +506,11 @@ def demo(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as exc:  # a command without _run (migrate, a start-up check)
+        problem = _database_problem(exc)
+        if problem is None:
+            raise
+        typer.echo(f"error: {problem}", err=True)
+        raise SystemExit(1) from None

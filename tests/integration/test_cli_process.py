@@ -62,3 +62,30 @@ def test_a_command_that_encrypts_warns_exactly_once(tmp_path: Path) -> None:
     again = amobridge(tmp_path, "connections", "import-env", str(legacy_env(tmp_path)))
     assert again.returncode == 0, again.stderr
     assert again.stderr.count(WARNING) == 1, again.stderr
+
+
+def test_a_database_that_cannot_be_opened_is_one_error_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the data folder should be")
+    for url in (
+        f"sqlite:///{blocker}/amobridge.db",
+        "postgresql://amobridge:s3cret-pw@127.0.0.1:1/amobridge",
+    ):
+        done = amobridge(tmp_path, "migrate", AMOBRIDGE_DATABASE__URL=url)
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr
+        assert "error: the database failed" in done.stderr
+        assert "s3cret-pw" not in done.stderr
+        assert done.stderr.startswith("database: ")
+
+
+def test_a_read_only_command_in_another_folder_creates_no_database(tmp_path: Path) -> None:
+    done = amobridge(tmp_path, "connections", "list")
+    assert done.returncode == 1
+    expected = tmp_path.resolve() / "data" / "amobridge.db"
+    assert done.stderr.splitlines() == [
+        f"database: sqlite:///{expected}",
+        f"error: no database at {expected} — run from the folder where the service runs, or set "
+        "AMOBRIDGE_DATABASE__URL to its absolute path (sqlite:////srv/amobridge/data/amobridge.db)",
+    ]
+    assert not (tmp_path / "data").exists()
