@@ -104,6 +104,38 @@ CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(_split_list)]
 
 
+def _web_url(value: object) -> object:
+    """A URL amobridge sends browsers or requests to: absolute http(s), with a host. The value is
+    not repeated in the error (it may carry credentials)."""
+    if isinstance(value, str):
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(value.strip())
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # e.g. an unclosed [IPv6 bracket
+            usable = False
+        if not usable:
+            raise ValueError("must be an absolute http:// or https:// URL with a host")
+    return value
+
+
+def _database_url(value: object) -> object:
+    """A database amobridge can open: SQLite or PostgreSQL, in SQLAlchemy's URL form."""
+    if isinstance(value, str):
+        scheme = value.strip().split("://", 1)[0] if "://" in value else ""
+        if scheme.split("+", 1)[0] not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(
+                "must be a SQLite or PostgreSQL URL: sqlite:///relative/path.db, "
+                "sqlite:////absolute/path.db or postgresql://user:password@host/database"
+            )
+    return value
+
+
+WebUrl = Annotated[str, BeforeValidator(_web_url)]
+DatabaseUrl = Annotated[str, BeforeValidator(_database_url)]
+
+
 class Environment(StrEnum):
     development = "development"
     production = "production"
@@ -150,7 +182,7 @@ class ServerSettings(_Group):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    public_url: str = Field(
+    public_url: WebUrl = Field(
         "http://127.0.0.1:8000",
         description="How browsers and amoCRM reach the service, including any proxy prefix "
         "(e.g. https://app.example.com/api). Callback and webhook URLs are built from it.",
@@ -173,7 +205,7 @@ class ServerSettings(_Group):
 
 
 class DatabaseSettings(_Group):
-    url: str = Field(
+    url: DatabaseUrl = Field(
         "sqlite:///./data/amobridge.db",
         description="SQLAlchemy URL: sqlite:///path (embedded default) or postgresql://…",
     )
@@ -200,16 +232,16 @@ class AmoSettings(_Group):
 
     client_id: str | None = None
     client_secret: SecretStr | None = None
-    redirect_uri: str | None = Field(
+    redirect_uri: WebUrl | None = Field(
         None, description="Defaults to {public_url}/amocrm/callback; must equal the integration's."
     )
-    authorize_url: str = "https://www.amocrm.ru/oauth"
-    button_script_url: str = "https://www.amocrm.ru/auth/button.min.js"
+    authorize_url: WebUrl = "https://www.amocrm.ru/oauth"
+    button_script_url: WebUrl = "https://www.amocrm.ru/auth/button.min.js"
     button_name: str = "amobridge"
     button_description: str = "Connects your amoCRM account"
     button_logo: str | None = None
     button_scopes: str = "crm,notifications"
-    api_base_url: str | None = Field(
+    api_base_url: WebUrl | None = Field(
         None,
         description="Send every amoCRM call here instead of https://{account host} "
         "(the sandbox: http://127.0.0.1:8010). The account host still goes in the Host header.",
@@ -238,7 +270,7 @@ class MobileSettings(_Group):
 
 
 class HooksSettings(_Group):
-    reauth_callback_url: str | None = Field(
+    reauth_callback_url: WebUrl | None = Field(
         None, description="POSTed (signed) when a connection needs re-authorization."
     )
     reauth_callback_secret: SecretStr | None = None
