@@ -31,8 +31,11 @@ $(UV):
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 # uv installs exactly what uv.lock pins (--frozen: a stale lock is an error, never re-resolved).
+# --compile-bytecode writes the dependencies' .pyc files once, at install: where
+# PYTHONDONTWRITEBYTECODE is set Python never writes them, and every `amobridge` command and test
+# subprocess compiled SQLAlchemy, FastAPI and the rest from source again (seconds each).
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --quiet
+	$(UV) sync --frozen --quiet --compile-bytecode
 	touch $@
 
 env: $(VENV)/.synced
