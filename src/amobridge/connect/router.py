@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Body, Depends, Query, Request
@@ -16,10 +16,35 @@ from amobridge.auth.dependencies import BrowserPrincipal, CurrentPrincipal
 from amobridge.connect.callback import CallbackService
 from amobridge.connect.problems import PROBLEMS, CallbackOutcome
 from amobridge.connect.schemas import (
+    AUTH_ERRORS,
+    CONNECT_LINK_EXAMPLE,
+    CONNECTED_EXAMPLES,
+    DISCONNECTED_EXAMPLES,
+    EXCHANGE_CODE_EXAMPLES,
+    HTML_BUTTON_EXAMPLE,
+    HTML_ERROR_EXAMPLE,
+    HTML_SUCCESS_EXAMPLE,
+    IMPORT_TOKENS_EXAMPLES,
+    OWNER_ERRORS,
+    SECRETS_EXAMPLE,
+    STATUS_EXAMPLES,
+    UNINSTALL_EXAMPLES,
+    VERIFY_EXAMPLES,
+    ConnectionStatus,
+    ConnectLink,
+    Disconnected,
     ExchangeCodeBody,
+    FormatQuery,
     ImportTokensBody,
+    OwnerQuery,
+    RedirectQuery,
+    ReturnQuery,
+    SecretsAccepted,
     SecretsBody,
+    Uninstalled,
     error_responses,
+    html_page,
+    json_examples,
 )
 from amobridge.connect.service import ConnectService
 from amobridge.connect.stores import (
@@ -33,6 +58,22 @@ from amobridge.errors import Forbidden, ServiceError
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 router = APIRouter(tags=["connect"])
+
+# What a route that takes credentials can be refused with (besides its own errors).
+_CALLER_ERRORS = (*AUTH_ERRORS, *OWNER_ERRORS)
+_TO_AMOCRM = {
+    "description": "Redirect to amoCRM's consent page",
+    "headers": {
+        "Location": {"description": "amoCRM's consent page", "schema": {"type": "string"}},
+        "Set-Cookie": {
+            "description": (
+                "`amb_state_…`: binds the flow to this browser (HttpOnly, SameSite=Lax, "
+                "Path=/amocrm/callback)"
+            ),
+            "schema": {"type": "string"},
+        },
+    },
+}
 
 
 async def service(request: Request) -> ConnectService:
@@ -79,9 +120,23 @@ def _bind_browser(
 @router.get(
     "/amocrm/auth",
     summary="Start the OAuth redirect flow",
+    response_model=ConnectLink,
     responses={
-        302: {"description": "Redirect to amoCRM's consent page"},
-        **error_responses(400, 401, 403, 409, 422),
+        200: {
+            "description": "`format=json`: a link for a browser to open",
+            "content": json_examples(
+                {"link": {"summary": "A link", "value": CONNECT_LINK_EXAMPLE}}
+            ),
+        },
+        302: _TO_AMOCRM,
+        **error_responses(
+            400,
+            401,
+            403,
+            409,
+            422,
+            codes=(*_CALLER_ERRORS, "redirect_not_allowed", "api_key_in_url", "not_configured"),
+        ),
     },
 )
 async def auth(
@@ -89,10 +144,10 @@ async def auth(
     svc: Service,
     session: WriteSession,
     principal: BrowserPrincipal,
-    owner: str | None = None,
-    return_: Annotated[Literal["web", "app"], Query(alias="return")] = "web",
-    redirect: Annotated[str | None, Query(max_length=2048)] = None,
-    format: Literal["redirect", "json"] = "redirect",
+    owner: OwnerQuery = None,
+    return_: ReturnQuery = "web",
+    redirect: RedirectQuery = None,
+    format: FormatQuery = "redirect",
 ) -> Response:
     """302 to amoCRM's consent page (or ``{"url"}`` with ``format=json`` for host backends that
     hand the URL to a browser). ``return=app`` ends on a deep-link page for mobile apps.
@@ -128,10 +183,13 @@ async def auth(
 @router.get(
     "/amocrm/auth/continue",
     summary="Open a format=json connection link",
+    # For the document only (the route returns its responses itself): a 302 has no body.
+    response_class=RedirectResponse,
+    status_code=302,
     responses={
-        302: {"description": "Redirect to amoCRM's consent page"},
-        400: {"description": "The error page", "content": {"text/html": {}}},
-        **error_responses(422, html_route=True),
+        302: _TO_AMOCRM,
+        400: html_page("The error page (a link used twice, expired or forged)", HTML_ERROR_EXAMPLE),
+        **error_responses(422),
     },
 )
 async def auth_continue(
@@ -165,16 +223,21 @@ async def auth_continue(
     "/amocrm/connect",
     response_class=HTMLResponse,
     summary="Website-button page",
-    responses=error_responses(400, 401, 403, 409, 422, html_route=True),
+    responses={
+        200: html_page("The page with amoCRM's website button", HTML_BUTTON_EXAMPLE),
+        **error_responses(
+            400, 401, 403, 422, codes=(*_CALLER_ERRORS, "redirect_not_allowed", "api_key_in_url")
+        ),
+    },
 )
 async def connect_page(
     request: Request,
     svc: Service,
     session: WriteSession,
     principal: BrowserPrincipal,
-    owner: str | None = None,
-    return_: Annotated[Literal["web", "app"], Query(alias="return")] = "web",
-    redirect: Annotated[str | None, Query(max_length=2048)] = None,
+    owner: OwnerQuery = None,
+    return_: ReturnQuery = "web",
+    redirect: RedirectQuery = None,
 ) -> Response:
     who = principal.owner_for(owner)
     token = new_binding_secret()
@@ -211,14 +274,23 @@ _SECRETS_SCHEMA = SecretsBody.model_json_schema()
 @router.post(
     "/amocrm/secrets",
     summary="amoCRM's secrets webhook (website button)",
-    responses=error_responses(400, 403, 409, 413, 422),
+    response_model=SecretsAccepted,
+    responses={
+        200: {"content": json_examples({"ok": {"summary": "Kept", "value": {"status": "ok"}}})},
+        **error_responses(
+            400, 403, 409, 413, codes=("bad_request", "state_invalid", "secrets_already_received")
+        ),
+    },
     # Declared here, not as a parameter: the route reads the raw body, JSON or a form.
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": _SECRETS_SCHEMA},
-                "application/x-www-form-urlencoded": {"schema": _SECRETS_SCHEMA},
+                "application/json": {"schema": _SECRETS_SCHEMA, "example": SECRETS_EXAMPLE},
+                "application/x-www-form-urlencoded": {
+                    "schema": _SECRETS_SCHEMA,
+                    "example": SECRETS_EXAMPLE,
+                },
             },
         }
     },
@@ -234,7 +306,10 @@ async def secrets(request: Request, svc: Service, session: WriteSession) -> Resp
     "/amocrm/callback",
     response_class=HTMLResponse,
     summary="OAuth redirect target",
-    responses={400: {"description": "The error page", "content": {"text/html": {}}}},
+    responses={
+        200: html_page("The success page (or a mobile app's deep-link page)", HTML_SUCCESS_EXAMPLE),
+        400: html_page("The error page: what went wrong and what to do", HTML_ERROR_EXAMPLE),
+    },
 )
 async def callback(
     request: Request,
@@ -303,13 +378,36 @@ def render_outcome(request: Request, svc: ConnectService, outcome: CallbackOutco
 @router.post(
     "/amocrm/exchange-code",
     summary="Exchange a code the app received itself",
-    responses=error_responses(400, 401, 403, 409, 413, 422, 502),
+    response_model=ConnectionStatus,
+    response_model_exclude_unset=True,
+    responses={
+        200: {
+            "description": "Connected: the owner's status",
+            "content": json_examples(CONNECTED_EXAMPLES),
+        },
+        **error_responses(
+            400,
+            401,
+            403,
+            409,
+            413,
+            422,
+            502,
+            codes=(
+                *_CALLER_ERRORS,
+                "bad_referer",
+                "exchange_failed",
+                "not_configured",
+                "amocrm_unavailable",
+            ),
+        ),
+    },
 )
 async def exchange_code(
     svc: Service,
     flow: Callback,
     principal: CurrentPrincipal,
-    body: ExchangeCodeBody,
+    body: Annotated[ExchangeCodeBody, Body(openapi_examples=EXCHANGE_CODE_EXAMPLES)],
 ) -> dict[str, Any]:
     who = principal.owner_for(body.owner)
     await flow.exchange_code_for(who, body.code, body.referer)  # its own units: it calls amoCRM
@@ -321,13 +419,34 @@ async def exchange_code(
     "/amocrm/tokens",
     summary="Import tokens by hand (admin)",
     status_code=201,
-    responses=error_responses(400, 401, 403, 409, 413, 422),
+    response_model=ConnectionStatus,
+    response_model_exclude_unset=True,
+    responses={
+        201: {
+            "description": "Stored: the owner's status",
+            "content": json_examples(CONNECTED_EXAMPLES),
+        },
+        **error_responses(
+            400,
+            401,
+            403,
+            413,
+            422,
+            codes=(
+                *AUTH_ERRORS,
+                "invalid_domain",
+                "integration_required",
+                "invalid_token_claims",
+                "forbidden",
+            ),
+        ),
+    },
 )
 async def import_tokens(
     svc: Service,
     session: WriteSession,
     principal: CurrentPrincipal,
-    body: Annotated[ImportTokensBody, Body()],
+    body: Annotated[ImportTokensBody, Body(openapi_examples=IMPORT_TOKENS_EXAMPLES)],
 ) -> dict[str, Any]:
     if not principal.is_admin:
         raise Forbidden("importing tokens needs an admin API key")
@@ -348,12 +467,17 @@ async def import_tokens(
 @router.get(
     "/amocrm/status",
     summary="Connection status (never a token)",
-    responses=error_responses(400, 401, 403, 422),
+    response_model=ConnectionStatus,
+    response_model_exclude_unset=True,
+    responses={
+        200: {"content": json_examples({**STATUS_EXAMPLES, **VERIFY_EXAMPLES})},
+        **error_responses(400, 401, 403, 422, codes=_CALLER_ERRORS),
+    },
 )
 async def status(
     svc: Service,
     principal: CurrentPrincipal,
-    owner: str | None = None,
+    owner: OwnerQuery = None,
     verify: Annotated[
         bool, Query(description="Make one amoCRM call (GET /api/v4/account) to prove it")
     ] = False,
@@ -371,18 +495,30 @@ async def status(
 @router.delete(
     "/amocrm/disconnect",
     summary="Disconnect",
-    responses=error_responses(400, 401, 403, 404, 422),
+    response_model=Disconnected,
+    response_model_exclude_unset=True,
+    responses={
+        200: {"content": json_examples(DISCONNECTED_EXAMPLES)},
+        **error_responses(400, 401, 403, 404, 422, codes=(*_CALLER_ERRORS, "connection_not_found")),
+    },
 )
 @router.post(
     "/amocrm/disconnect",
     summary="Disconnect (POST, for clients that cannot send DELETE)",
-    responses=error_responses(400, 401, 403, 404, 413, 422),
+    response_model=Disconnected,
+    response_model_exclude_unset=True,
+    responses={
+        200: {"content": json_examples(DISCONNECTED_EXAMPLES)},
+        **error_responses(
+            400, 401, 403, 404, 413, 422, codes=(*_CALLER_ERRORS, "connection_not_found")
+        ),
+    },
 )
 async def disconnect(
     svc: Service,
     session: WriteSession,
     principal: CurrentPrincipal,
-    owner: str | None = None,
+    owner: OwnerQuery = None,
 ) -> dict[str, Any]:
     who = principal.owner_for(owner)
     await svc.disconnect(session, who, actor=principal.name)
@@ -392,7 +528,11 @@ async def disconnect(
 @router.get(
     "/amocrm/uninstall",
     summary="amoCRM's signed disconnect hook",
-    responses=error_responses(401, 422),
+    response_model=Uninstalled,
+    responses={
+        200: {"content": json_examples(UNINSTALL_EXAMPLES)},
+        **error_responses(401, codes=("unauthorized", "unknown_integration", "bad_signature")),
+    },
 )
 async def uninstall(
     svc: Service,

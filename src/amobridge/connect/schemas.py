@@ -1,10 +1,13 @@
-"""Request bodies of the connect routes (validated before any service code runs)."""
+"""Request and response bodies of the connect routes (requests are validated before any service
+code runs), the one error body, and the examples the OpenAPI document shows."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from fastapi import Query
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.json_schema import SkipJsonSchema
 
 from amobridge.auth.principal import identifier_problem
 
@@ -35,21 +38,120 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+OWNER_DESCRIPTION = (
+    "Your app's id for whoever connects (a user id, an account id): an opaque string of at most "
+    "255 characters. Required with an API key; with a user's JWT it may be left out (the "
+    "token's `sub` is the owner) and naming another owner is 403 `owner_mismatch`."
+)
+# The query parameter ``owner`` of every route that acts for one.
+OwnerQuery = Annotated[
+    str | None,
+    Query(
+        description=OWNER_DESCRIPTION,
+        openapi_examples={"owner": {"summary": "A host app's user id", "value": "user-42"}},
+    ),
+]
+
+SAMPLE_AMO_JWT = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhY2NvdW50X2lkIjozMTQxNTkyNn0.c2ln"
+ReturnQuery = Annotated[
+    Literal["web", "app"],
+    Query(
+        alias="return",
+        description=(
+            "Where the flow ends: `web`, the service's own page; `app`, a page that opens the "
+            "mobile app's deep link (`redirect`)"
+        ),
+    ),
+]
+RedirectQuery = Annotated[
+    str | None,
+    Query(
+        max_length=2048,
+        description=(
+            "With `return=app`: the app's deep link; its scheme must be one of "
+            "AMOBRIDGE_MOBILE__ALLOWED_SCHEMES (never http(s))"
+        ),
+        openapi_examples={
+            "deep_link": {"summary": "A mobile app", "value": "myapp://amocrm/callback"}
+        },
+    ),
+]
+FormatQuery = Annotated[
+    Literal["redirect", "json"],
+    Query(
+        description=(
+            "`redirect`: a 302 to amoCRM (for a browser); `json`: `{url, expires_in}` for a "
+            "backend to hand to a browser"
+        )
+    ),
+]
+
+EXAMPLE_CLIENT_ID = "3f1c7a52-9d1e-4c8b-a0f2-6b5e8d4c2a10"
+
+
 class ExchangeCodeBody(_Body):
-    code: str = Field(min_length=1, max_length=4096)
-    referer: Plain = Field(min_length=1, max_length=255)
-    owner: Owner | None = Field(None, max_length=255)
+    code: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="The authorization code amoCRM sent to your redirect URI (lives 20 minutes)",
+    )
+    referer: Plain = Field(
+        min_length=1,
+        max_length=255,
+        description="The account's domain amoCRM sent with the code (`referer`)",
+    )
+    owner: Owner | None = Field(None, max_length=255, description=OWNER_DESCRIPTION)
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "code": "def50200a1b2c3d4e5f6",
+                    "referer": "mycompany.amocrm.ru",
+                    "owner": "user-42",
+                }
+            ]
+        }
+    )
 
 
 class ImportTokensBody(_Body):
-    owner: Owner = Field(min_length=1, max_length=255)
-    domain: Plain = Field(min_length=1, max_length=255, description="acme.amocrm.ru or acme")
+    owner: Owner = Field(min_length=1, max_length=255, description=OWNER_DESCRIPTION)
+    domain: Plain = Field(
+        min_length=1, max_length=255, description="mycompany.amocrm.ru or mycompany"
+    )
     access_token: str = Field(min_length=1, max_length=8192)
-    refresh_token: str | None = Field(None, max_length=8192)
-    expires_in: int | None = Field(None, ge=1, le=5 * 365 * 86400)
-    client_id: ClientId | None = Field(None, max_length=128)
+    refresh_token: str | None = Field(
+        None, max_length=8192, description="Left out for a long-lived token"
+    )
+    expires_in: int | None = Field(
+        None,
+        ge=1,
+        le=5 * 365 * 86400,
+        description="Seconds the access token lives; else its `exp` claim, else one day",
+    )
+    client_id: ClientId | None = Field(
+        None, max_length=128, description="The integration the refresh token belongs to"
+    )
     client_secret: str | None = Field(None, max_length=1024)
     redirect_uri: Plain | None = Field(None, max_length=2048)
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "owner": "user-42",
+                    "domain": "mycompany.amocrm.ru",
+                    "access_token": SAMPLE_AMO_JWT,
+                    "refresh_token": "def50200f00dfeedc0ffee",
+                    "expires_in": 86400,
+                    "client_id": EXAMPLE_CLIENT_ID,
+                    "client_secret": "Vq3x9ZlA7bKp2sYw",
+                    "redirect_uri": "https://connect.example.com/amocrm/callback",
+                }
+            ]
+        }
+    )
 
 
 class SecretsBody(BaseModel):
@@ -61,11 +163,179 @@ class SecretsBody(BaseModel):
     state: str = Field(max_length=200)
 
 
+SECRETS_EXAMPLE = {
+    "client_id": EXAMPLE_CLIENT_ID,
+    "client_secret": "Vq3x9ZlA7bKp2sYw",
+    "state": "b3BhcXVlLXN0YXRl.c2lnbmF0dXJl",
+}
+
+EXCHANGE_CODE_EXAMPLES = {
+    "with_owner": {
+        "summary": "A host backend (API key) names the owner",
+        "value": {
+            "code": "def50200a1b2c3d4e5f6",
+            "referer": "mycompany.amocrm.ru",
+            "owner": "user-42",
+        },
+    },
+    "user_token": {
+        "summary": "A user's JWT: the owner is its sub",
+        "value": {"code": "def50200a1b2c3d4e5f6", "referer": "mycompany.amocrm.ru"},
+    },
+}
+
+IMPORT_TOKENS_EXAMPLES = {
+    "oauth_pair": {
+        "summary": "An OAuth pair of an integration",
+        "value": {
+            "owner": "user-42",
+            "domain": "mycompany.amocrm.ru",
+            "access_token": SAMPLE_AMO_JWT,
+            "refresh_token": "def50200f00dfeedc0ffee",
+            "expires_in": 86400,
+            "client_id": EXAMPLE_CLIENT_ID,
+            "client_secret": "Vq3x9ZlA7bKp2sYw",
+        },
+    },
+    "long_lived": {
+        "summary": "A long-lived token (no refresh token)",
+        "value": {
+            "owner": "user-42",
+            "domain": "mycompany.amocrm.ru",
+            "access_token": SAMPLE_AMO_JWT,
+        },
+    },
+}
+
+
 class ErrorBody(BaseModel):
-    """The one error shape of the HTTP API (see :mod:`amobridge.web.errors`)."""
+    """The one error shape of the HTTP API (see :mod:`amobridge.web.errors`): every 4xx and 5xx
+    answer in JSON, whichever part of the service sent it."""
 
-    detail: str
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {"error": "connection_not_found", "detail": "no amoCRM connection for this owner"}
+            ]
+        },
+    )
 
+    error: str = Field(
+        description=(
+            "A stable snake_case code to branch on: the status's own (`bad_request`, "
+            "`unauthorized`, `forbidden`, `not_found`, `method_not_allowed`, `conflict`, "
+            "`body_too_large`, `validation_error`, `internal_error`) or a more specific one "
+            "named in each response's description (`owner_required`, `token_expired`, "
+            "`connection_not_found`, …). New codes may be added; unknown ones should be "
+            "treated as their HTTP status."
+        ),
+        examples=["connection_not_found"],
+    )
+    detail: str = Field(
+        description="What went wrong and what to do, in words for people (may be reworded).",
+        examples=["no amoCRM connection for this owner"],
+    )
+
+
+ERROR_BODY_REF = "#/components/schemas/ErrorBody"
+
+# Every error code the routes answer with: its HTTP status and a typical detail.
+ERROR_CODES: dict[str, tuple[int, str]] = {
+    "bad_request": (400, "body must be a JSON object"),
+    "owner_required": (400, "owner is required (query parameter or body field 'owner')"),
+    "invalid_owner": (400, "owner must not contain control characters"),
+    "redirect_not_allowed": (400, "redirect scheme 'https' is not allowed; allowed: myapp"),
+    "invalid_domain": (
+        400,
+        "account not found: use your subdomain, e.g. acme.amocrm.ru (not an amoCRM/Kommo host "
+        "(amocrm.ru, amocrm.com, kommo.com); got 'mycompany.example.com')",
+    ),
+    "integration_required": (
+        400,
+        "a refresh token needs its integration: give client_id and client_secret "
+        "(or configure AMOBRIDGE_AMO__CLIENT_ID/CLIENT_SECRET)",
+    ),
+    "invalid_token_claims": (
+        400,
+        "the access token's exp claim is not a plausible expiry time: expected a Unix time "
+        "between 1970 and ten years from now",
+    ),
+    "bad_referer": (
+        400,
+        "Unknown amoCRM account: amoCRM's answer does not name a valid account domain. Start "
+        "the connection again; use your account's own address, e.g. acme.amocrm.ru.",
+    ),
+    "exchange_failed": (
+        400,
+        "amoCRM refused the authorization code: The code could not be exchanged for tokens. "
+        "Start the connection again (a code lives 20 minutes and works once).",
+    ),
+    "invalid_content_length": (
+        400,
+        "invalid Content-Length: send one decimal Content-Length header, or none",
+    ),
+    "unauthorized": (401, "authentication required: an API key or a user token"),
+    "invalid_api_key": (401, "unknown or revoked API key"),
+    "token_expired": (401, "the token has expired: sign in again"),
+    "invalid_token": (401, "invalid token: Signature verification failed"),
+    "user_tokens_disabled": (
+        401,
+        "end-user tokens are not enabled (AMOBRIDGE_SECURITY__JWT_SECRET)",
+    ),
+    "api_key_in_url": (
+        401,
+        "API keys must not be sent in URLs: use the Authorization header, or GET "
+        "/amocrm/auth?format=json and send the browser to the returned URL",
+    ),
+    "unknown_integration": (401, "unknown integration"),
+    "bad_signature": (401, "bad signature"),
+    "forbidden": (403, "importing tokens needs an admin API key"),
+    "owner_mismatch": (403, "this token belongs to another owner"),
+    "state_invalid": (403, "state is expired: nothing stored"),
+    "not_found": (404, "no such route or file: the routes are listed in /openapi.json"),
+    "connection_not_found": (404, "no amoCRM connection for this owner"),
+    "method_not_allowed": (405, "PUT is not allowed on this route: use GET"),
+    "conflict": (409, "the request conflicts with the current state: read it again and retry"),
+    "not_configured": (
+        409,
+        "no amoCRM integration is configured (AMOBRIDGE_AMO__CLIENT_ID/CLIENT_SECRET); use the "
+        "website button page /amocrm/connect instead",
+    ),
+    "secrets_already_received": (409, "credentials for this state were already received"),
+    "body_too_large": (
+        413,
+        "request body is larger than 1048576 bytes: send a smaller one (the limit is "
+        "AMOBRIDGE_SERVER__MAX_BODY_BYTES)",
+    ),
+    "validation_error": (422, "owner: String should have at most 255 characters"),
+    "internal_error": (
+        500,
+        "internal error: the service logged it; try again, and tell the service's operator if "
+        "it persists",
+    ),
+    "unavailable": (503, "the service cannot serve right now: try again in a few seconds"),
+    "storage_unavailable": (
+        503,
+        "the database did not answer a write within 5 s: try again shortly; the service's "
+        "operator sees why at /readyz",
+    ),
+    "amocrm_unavailable": (
+        502,
+        "amoCRM did not answer: The token exchange failed on the network or amoCRM returned a "
+        "server error. Try again in a minute.",
+    ),
+}
+
+# What an unauthenticated or wrongly authenticated call to a route taking credentials gets.
+AUTH_ERRORS = (
+    "unauthorized",
+    "invalid_api_key",
+    "token_expired",
+    "invalid_token",
+    "user_tokens_disabled",
+)
+OWNER_ERRORS = ("owner_required", "invalid_owner", "owner_mismatch")
 
 _ERROR_WHY = {
     400: "Invalid request (or amoCRM refused the grant)",
@@ -75,15 +345,230 @@ _ERROR_WHY = {
     409: "Conflict with the current state (e.g. amoCRM credentials not configured yet)",
     413: "Request body over AMOBRIDGE_SERVER__MAX_BODY_BYTES",
     422: "A parameter or the body failed validation",
+    500: "Unexpected failure (logged by the service)",
+    503: "The service cannot use its database right now: retry later",
     502: "amoCRM did not answer or answered with an error",
 }
 
 
-def error_responses(*codes: int, html_route: bool = False) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` for a route: each code with the ``{"detail": str}`` JSON body. An HTML
-    route (``response_class=HTMLResponse``) names the media type itself: FastAPI would give a
-    model the route's own ``text/html``, which its errors are not."""
-    if html_route:
-        json = {"application/json": {"schema": ErrorBody.model_json_schema()}}
-        return {code: {"description": _ERROR_WHY[code], "content": json} for code in codes}
-    return {code: {"model": ErrorBody, "description": _ERROR_WHY[code]} for code in codes}
+def error_example(code: str) -> dict[str, Any]:
+    """An OpenAPI example object for ``code``'s error body."""
+    status, detail = ERROR_CODES[code]
+    return {"summary": f"{status} {code}", "value": {"error": code, "detail": detail}}
+
+
+def error_response(status: int, *codes: str, description: str | None = None) -> dict[str, Any]:
+    """One error status of a route: the ``ErrorBody`` schema, an example for each of ``codes``
+    that has this status (the status's own code if none has), and the codes named in the
+    description, so a client knows which to expect."""
+    named = [code for code in codes if ERROR_CODES[code][0] == status]
+    if not named:
+        named = [code for code, (at, _) in ERROR_CODES.items() if at == status][:1]
+    why = description or _ERROR_WHY[status]
+    return {
+        "description": f"{why}. `error`: " + ", ".join(f"`{code}`" for code in named),
+        # Named explicitly: an HTML route's errors are JSON all the same.
+        "content": {
+            "application/json": {
+                "schema": {"$ref": ERROR_BODY_REF},
+                "examples": {code: error_example(code) for code in named},
+            }
+        },
+    }
+
+
+def error_responses(*statuses: int, codes: tuple[str, ...] = ()) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each status with the ``{"error", "detail"}`` JSON body and
+    examples of the ``codes`` the route answers with (see :func:`error_response`)."""
+    return {status: error_response(status, *codes) for status in statuses}
+
+
+# --- answers -------------------------------------------------------------------------------------
+
+DateTime = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
+ConnectionState = Literal["not_connected", "active", "reauth_required", "disconnected"]
+
+
+# A key the answer leaves out rather than sets to null: None only stands for "not set", so the
+# document shows neither null nor a default.
+Absent = SkipJsonSchema[None]
+
+
+def _absent_unless_set(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+class ConnectionStatus(BaseModel):
+    """An owner's connection, never a token. Keys are camelCase as the service has always sent
+    them; ``longLived`` and ``connectionId`` only once the owner has connected, ``verified`` and
+    ``verifyError`` only with ``verify=true``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    connected: bool = Field(description="active and holding tokens: amoCRM calls can be made")
+    hasTokens: bool = Field(description="an access token is stored")
+    domain: str | None = Field(description="the account's host, e.g. mycompany.amocrm.ru")
+    accountId: int | None = Field(description="amoCRM's account id")
+    expiresAt: DateTime | None = Field(description="when the access token expires")
+    lastRefreshAt: DateTime | None = Field(description="when the tokens were last refreshed")
+    lastError: str | None = Field(
+        description="the last failure with this connection, with what to do"
+    )
+    status: ConnectionState = Field(
+        description=(
+            "`not_connected` (never connected), `active`, `reauth_required` (amoCRM refused "
+            "the grant: connect again through /amocrm/auth) or `disconnected`"
+        )
+    )
+    longLived: bool | Absent = Field(
+        default=None,
+        description="a long-lived token with no refresh token (absent when never connected)",
+        json_schema_extra=_absent_unless_set,
+    )
+    connectionId: str | Absent = Field(
+        default=None,
+        description="amobridge's id of the connection (absent when never connected)",
+        json_schema_extra=_absent_unless_set,
+    )
+    verified: bool | Absent = Field(
+        default=None,
+        description="with `verify=true` only: amoCRM answered GET /api/v4/account",
+        json_schema_extra=_absent_unless_set,
+    )
+    verifyError: str | Absent = Field(
+        default=None,
+        description="with `verify=true` only, when `verified` is false: why",
+        json_schema_extra=_absent_unless_set,
+    )
+
+
+class Disconnected(ConnectionStatus):
+    """The status after a disconnect."""
+
+    disconnected: Literal[True]
+
+
+class Uninstalled(BaseModel):
+    disconnected: int = Field(description="how many connections the hook disconnected")
+    replayed: bool = Field(description="the same hook was already acted on: nothing changed")
+
+
+class SecretsAccepted(BaseModel):
+    status: Literal["ok"]
+
+
+class ConnectLink(BaseModel):
+    """``format=json``: a link of this service for a browser to open (it works once)."""
+
+    url: str = Field(
+        description=(
+            "/amocrm/auth/continue?state&handle on this service: the first browser to open it "
+            "is bound to the flow and sent on to amoCRM's consent page"
+        ),
+        json_schema_extra={"format": "uri"},
+    )
+    expires_in: int = Field(description="seconds the link (its state) stays valid")
+
+
+_CONNECTED = {
+    "connected": True,
+    "hasTokens": True,
+    "domain": "mycompany.amocrm.ru",
+    "accountId": 31415926,
+    "expiresAt": "2025-06-02T09:30:00+00:00",
+    "lastRefreshAt": "2025-06-01T09:30:00+00:00",
+    "lastError": None,
+    "status": "active",
+    "longLived": False,
+    "connectionId": "5f0c3b1e2d4a4e8f9a7b6c5d4e3f2a1b",
+}
+_NOT_CONNECTED = {
+    "connected": False,
+    "hasTokens": False,
+    "domain": None,
+    "accountId": None,
+    "expiresAt": None,
+    "lastRefreshAt": None,
+    "lastError": None,
+    "status": "not_connected",
+}
+_REAUTH = {
+    **_CONNECTED,
+    "connected": False,
+    "status": "reauth_required",
+    "lastError": "amoCRM refused the grant (invalid_grant): connect again through /amocrm/auth",
+}
+_DISCONNECTED = {
+    **_CONNECTED,
+    "connected": False,
+    "hasTokens": False,
+    "expiresAt": None,
+    "status": "disconnected",
+}
+
+STATUS_EXAMPLES: dict[str, dict[str, Any]] = {
+    "connected": {"summary": "Connected", "value": _CONNECTED},
+    "not_connected": {"summary": "Never connected", "value": _NOT_CONNECTED},
+    "reauth_required": {"summary": "amoCRM refused the grant", "value": _REAUTH},
+}
+VERIFY_EXAMPLES: dict[str, dict[str, Any]] = {
+    "verified": {
+        "summary": "verify=true, amoCRM answered",
+        "value": {**_CONNECTED, "verified": True},
+    },
+    "not_verified": {
+        "summary": "verify=true, amoCRM refused the grant",
+        "value": {
+            **_REAUTH,
+            "verified": False,
+            "verifyError": "amoCRM refused the grant: connect again through /amocrm/auth",
+        },
+    },
+}
+CONNECTED_EXAMPLES: dict[str, dict[str, Any]] = {
+    "connected": {"summary": "Connected", "value": _CONNECTED}
+}
+DISCONNECTED_EXAMPLES: dict[str, dict[str, Any]] = {
+    "disconnected": {"summary": "Disconnected", "value": {**_DISCONNECTED, "disconnected": True}}
+}
+UNINSTALL_EXAMPLES: dict[str, dict[str, Any]] = {
+    "disconnected": {
+        "summary": "The hook disconnected the account",
+        "value": {"disconnected": 1, "replayed": False},
+    },
+    "replayed": {
+        "summary": "The same hook again: nothing changed",
+        "value": {"disconnected": 0, "replayed": True},
+    },
+}
+CONNECT_LINK_EXAMPLE = {
+    "url": "https://connect.example.com/amocrm/auth/continue?state=b3BhcXVlLXN0YXRl.c2lnbmF0dXJl&handle=Qm93c2VyLWJpbmRpbmc",
+    "expires_in": 600,
+}
+
+
+HTML_SUCCESS_EXAMPLE = (
+    '<!doctype html><html lang="ru"><head><title>AmoCRM подключен!</title></head>'
+    "<body><h1>AmoCRM подключен!</h1><p>mycompany.amocrm.ru</p></body></html>"
+)
+HTML_ERROR_EXAMPLE = (
+    '<!doctype html><html lang="ru"><head><title>The link has expired</title></head>'
+    "<body><h1>The link has expired</h1><p>A connection request is valid for 10 minutes, and "
+    "this one is older.</p><p>Start the connection again and finish it within 10 minutes.</p>"
+    "<p><code>state_expired</code></p></body></html>"
+)
+HTML_BUTTON_EXAMPLE = (
+    '<!doctype html><html lang="ru"><head><title>Подключить amoCRM</title></head><body>'
+    '<script class="amocrm_oauth" data-state="b3BhcXVlLXN0YXRl.c2lnbmF0dXJl" '
+    'src="https://www.amocrm.ru/auth/button.min.js"></script></body></html>'
+)
+
+
+def html_page(description: str, example: str) -> dict[str, Any]:
+    """A response that is an HTML page a browser shows."""
+    return {"description": description, "content": {"text/html": {"example": example}}}
+
+
+def json_examples(examples: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The ``content`` of a JSON answer with these named examples."""
+    return {"application/json": {"examples": examples}}

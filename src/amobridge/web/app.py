@@ -18,6 +18,17 @@ from amobridge.web.docs import install_docs
 from amobridge.web.errors import install_error_handlers
 from amobridge.web.headers import SecurityHeadersMiddleware
 from amobridge.web.limits import BodySizeLimitMiddleware
+from amobridge.web.openapi import API_DESCRIPTION, install_openapi
+from amobridge.web.schemas import (
+    HEALTH_EXAMPLE,
+    INDEX_EXAMPLE,
+    NOT_READY_EXAMPLE,
+    READY_EXAMPLE,
+    Health,
+    NotReady,
+    Ready,
+    ServiceIndex,
+)
 
 __all__ = ["Services", "create_app"]
 
@@ -59,7 +70,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         title="amobridge",
         version=__version__,
         lifespan=lifespan,
-        description="Connects business backends to amoCRM / Kommo and keeps them connected.",
+        description=API_DESCRIPTION,
         docs_url=None,  # served by install_docs from the app's own files (no CDN)
         redoc_url=None,  # ReDoc would load from a CDN
     )
@@ -76,8 +87,15 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
 
     app.include_router(connect_router)
     install_docs(app)
+    install_openapi(app)
 
-    @app.get("/", tags=["ops"], summary="Where things are")
+    @app.get(
+        "/",
+        tags=["ops"],
+        summary="Where things are",
+        response_model=ServiceIndex,
+        responses={200: {"content": {"application/json": {"example": INDEX_EXAMPLE}}}},
+    )
     async def index(request: Request) -> dict[str, str]:
         root = request.scope.get("root_path", "")
         return {
@@ -91,11 +109,30 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
             "status": f"{root}/amocrm/status?owner=…",
         }
 
-    @app.get("/healthz", tags=["ops"])
+    @app.get(
+        "/healthz",
+        tags=["ops"],
+        summary="Liveness: the process is up",
+        response_model=Health,
+        responses={200: {"content": {"application/json": {"example": HEALTH_EXAMPLE}}}},
+    )
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Readiness: the database answers",
+        response_model=Ready,
+        responses={
+            200: {"content": {"application/json": {"example": READY_EXAMPLE}}},
+            503: {
+                "model": NotReady,
+                "description": "Not ready: take it out of rotation until it answers 200",
+                "content": {"application/json": {"example": NOT_READY_EXAMPLE}},
+            },
+        },
+    )
     async def readyz() -> JSONResponse:
         """Ready when the database is the file opened and takes a write (probed at most once
         a second); 503 with the reason otherwise."""
