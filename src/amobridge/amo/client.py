@@ -9,6 +9,9 @@ request that queued meanwhile carries the newest token), one attempt under an ov
 :func:`~amobridge.amo.errors.error_from_response` and retried or raised as the table in
 :mod:`amobridge.amo.retry` says. The endpoint resources (``client.leads`` …) only build paths and
 bodies and call :meth:`AmoClient.request_json` (the ``Requester`` seam).
+
+:meth:`AmoClient.send` takes the same path for one raw request (a proxy's): bytes in, amoCRM's
+reply out whatever its status, retried only as its ``retry`` mode allows.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import contextlib
 import json as jsonlib
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
@@ -70,6 +74,23 @@ MAX_IN_FLIGHT = 100
 """Requests one client has on the wire at once: its connection pool's size (httpx's default).
 Beyond it a request waits in the client, before it takes a token, not in httpx's pool queue with
 a token already in its headers (which a refresh meanwhile would make stale)."""
+
+SendRetry = Literal["safe", "unsent"]
+"""How :meth:`AmoClient.send` may repeat a request:
+
+- ``"safe"`` (reads): 429, 5xx and transport failures are retried as :class:`RetryPolicy` says;
+- ``"unsent"`` (writes): only what provably never reached amoCRM is sent again — a failure to
+  connect, and the one retry after a 401 refresh. A 429, a 5xx or a lost reply ends the call.
+"""
+_NOT_FORWARDED = frozenset({"authorization", "host", "cookie", "content-length"})
+
+
+@dataclass(frozen=True)
+class RawReply:
+    """amoCRM's reply to :meth:`AmoClient.send` and how many times the request was sent."""
+
+    response: httpx.Response
+    attempts: int
 
 
 def _api_path(path: str) -> tuple[str, list[tuple[str, str]]]:
@@ -303,6 +324,155 @@ class AmoClient:
             merged.append((name, value))
         return await self._run(method, api_path, merged, json, retry, uuid.uuid4().hex[:12])
 
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Sequence[tuple[str, str]] = (),
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry: SendRetry | None = None,
+    ) -> RawReply:
+        """Send one raw API request and return amoCRM's reply, whatever its status.
+
+        ``path`` is relative to ``/api/v4/`` as for :meth:`request_json`; ``content`` is sent as
+        is, with ``headers`` (never ``Authorization``, ``Host`` or ``Cookie``: the client sets the
+        first two itself). The request takes the usual path — the ban breaker, the pace, the
+        token (a 401 refreshes it once and sends again) — and ``retry`` (default: ``"safe"`` for
+        GET and HEAD, ``"unsent"`` otherwise) says what else may be repeated (:data:`SendRetry`).
+
+        Raises ``AmoBanned`` (the breaker is open: nothing sent), ``AmoRateLimited`` (amoCRM asked
+        for a wait longer than the policy waits out: nothing sent), ``AmoReauthRequired`` and
+        ``AmoTransportError`` (no reply; ``attempts`` says how often it was sent). A 403 ban reply
+        opens the breaker and is returned like any other reply.
+        """
+        if self._closed:
+            raise RuntimeError("this AmoClient is closed")
+        method = method.upper()
+        if retry is None:
+            retry = "safe" if method in ("GET", "HEAD") else "unsent"
+        if retry not in ("safe", "unsent"):
+            raise ValueError("retry must be 'safe' or 'unsent'")
+        api_path, query = _api_path(path)
+        extra = {
+            name: value
+            for name, value in (headers or {}).items()
+            if name.lower() not in _NOT_FORWARDED
+        }
+        merged: list[tuple[str, Any]] = [*query, *params]
+        rid = uuid.uuid4().hex[:12]
+        return await self._send(method, api_path, merged, content, extra, retry, rid)
+
+    async def _send(
+        self,
+        method: str,
+        api_path: str,
+        params: list[tuple[str, Any]],
+        content: bytes | None,
+        headers: dict[str, str],
+        mode: SendRetry,
+        rid: str,
+    ) -> RawReply:
+        """:meth:`send`'s loop: :meth:`_run`'s steps, ending in a reply instead of an error."""
+        attempts = 0  # what the retry policy counts (a refresh retry is not a failure)
+        sent = 0  # what the reply reports: every time the request went out
+        spent = 0.0
+        refreshed = False
+        while True:
+            self._sync_domain()
+            host = self._domain.host
+            self._check_breaker(host, method, api_path)
+            key = self.rate_limit_key
+            self._check_rate_block(key, method, api_path)
+            failure: AmoError
+            hint: float | None = None
+            response: httpx.Response | None = None
+            lost: httpx.TransportError | TimeoutError | None = None
+            async with self._in_flight:
+                await self._limiter.acquire(key)
+                try:
+                    token = await self._tokens.get_token()
+                    self._sync_domain()
+                    attempts += 1
+                    sent += 1
+                    started = time.monotonic()
+                    try:
+                        response = await self._attempt(
+                            method, api_path, params, None, token, content=content, extra=headers
+                        )
+                    except (httpx.TransportError, TimeoutError) as exc:
+                        lost = exc
+                finally:
+                    await self._release_slot(key)
+            spent += time.monotonic() - started
+            if response is None:
+                assert lost is not None
+                lost_reply = self._transport_failure(lost, method, api_path)
+                lost_reply.attempts = sent
+                self._log_attempt(method, api_path, None, started, rid, attempts, None, lost_reply)
+                if mode == "unsent" and failure_was_sent(lost):
+                    raise lost_reply
+                failure = lost_reply
+                wait = self._retry.next_wait(attempts=attempts, spent=spent)
+                if wait is None:
+                    raise lost_reply
+            else:
+                status = response.status_code
+                amo_rid = response.headers.get("x-request-id")
+                self._log_attempt(method, api_path, status, started, rid, attempts, amo_rid, None)
+                if status not in (401, 403, 429) and status < 500:
+                    return RawReply(response, sent)  # a success, or amoCRM's own refusal
+                error = error_from_response(
+                    status=status,
+                    method=method,
+                    url=api_path,
+                    body=response.content,
+                    request_id=amo_rid,
+                    retry_after_header=response.headers.get("retry-after"),
+                    now=self._clock(),
+                    ban_retry_at=self._breaker.retry_at_if_tripped(),
+                )
+                if isinstance(error, AmoBanned):
+                    self._breaker.trip(host, error.retry_at)
+                    log.error(
+                        "amoCRM banned account %s until about %s", host, _when(error.retry_at)
+                    )
+                    return RawReply(response, sent)
+                if status == 401 and isinstance(error, AmoAuthError) and not refreshed:
+                    refreshed = True
+                    await self._tokens.refresh(token)  # raises AmoReauthRequired when dead
+                    attempts -= 1
+                    continue
+                if isinstance(error, AmoRateLimited):
+                    hint = error.retry_after
+                    if hint is not None and hint > self._retry.max_retry_after:
+                        self._rate_blocked_until[key] = time.monotonic() + hint
+                        return RawReply(response, sent)
+                    if hint is not None:
+                        await self._limiter.pause(key, hint)
+                elif isinstance(error, AmoServerError):
+                    hint = self._server_hint(response)
+                else:
+                    return RawReply(response, sent)  # a 403 without a ban, a second 401
+                if mode == "unsent":
+                    return RawReply(response, sent)
+                wait = self._retry.next_wait(attempts=attempts, spent=spent, hint=hint)
+                if wait is None:
+                    return RawReply(response, sent)
+                failure = error
+            log.warning(
+                "amoCRM %s %s failed (%s); retry %d in %.2f s [request %s]",
+                method,
+                api_path,
+                type(failure).__name__,
+                attempts,
+                wait,
+                rid,
+            )
+            await self._retry.wait(wait)
+            spent += wait
+
     async def _run(
         self,
         method: str,
@@ -436,8 +606,12 @@ class AmoClient:
         params: list[tuple[str, Any]],
         body: Any,
         token: str,
+        *,
+        content: bytes | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         url, headers = request_target(self._domain.host, api_path, self._base_url)
+        headers = {**(extra or {}), **headers}
         headers["Authorization"] = f"Bearer {token}"
         async with asyncio.timeout(self._attempt_timeout):
             return await self._http.request(
@@ -445,6 +619,7 @@ class AmoClient:
                 url,
                 params=params or None,
                 json=body,
+                content=content,
                 headers=headers,
             )
 

@@ -49,7 +49,11 @@ class AmoError(AmobridgeError):
 
 
 class AmoTransportError(AmoError):
-    """No usable reply: the connection failed or a deadline passed."""
+    """No usable reply: the connection failed or a deadline passed.
+
+    ``attempts``: how many times the request was sent (set by ``AmoClient.send``)."""
+
+    attempts: int = 1
 
 
 class AmoTimeout(AmoTransportError):
