@@ -363,12 +363,15 @@ def connections_list(
     ] = None,
 ) -> None:
     """List the connections and their status (never a token)."""
-    from amobridge.auth.principal import identifier_problem
     from amobridge.connect.listing import DatabaseNotReady, list_database, list_sqlite
     from amobridge.storage.location import sqlite_file
 
-    if owner is not None and (problem := identifier_problem(owner)):
-        _fail(problem, 2)
+    if owner is not None:
+        # Only when asked: amobridge.auth imports SQLAlchemy, which this command otherwise skips.
+        from amobridge.auth.principal import identifier_problem
+
+        if problem := identifier_problem(owner):
+            _fail(problem, 2)
     settings = _settings()
     _say_database(settings)
     _require_database(settings)

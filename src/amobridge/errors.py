@@ -35,6 +35,8 @@ class ServiceError(AmobridgeError):
 
     status_code = 400
     code = "bad_request"
+    headers: dict[str, str] | None = None
+    """Response headers the answer carries (e.g. ``Retry-After``); set after construction."""
 
     def __init__(
         self,

@@ -327,6 +327,15 @@ class JobsSettings(_Group):
     )
 
 
+class ProxySettings(_Group):
+    """The amoCRM proxy, ``/proxy/{owner}/api/v4/...``."""
+
+    audit_reads: bool = Field(
+        False,
+        description="Write an audit entry for every proxied GET too (writes always get one).",
+    )
+
+
 class Settings(BaseSettings):
     """All of amobridge's settings. Build with :func:`load_settings` to get a readable error."""
 
@@ -350,6 +359,7 @@ class Settings(BaseSettings):
     mobile: MobileSettings = MobileSettings()
     hooks: HooksSettings = HooksSettings()
     jobs: JobsSettings = JobsSettings()
+    proxy: ProxySettings = ProxySettings()
     sandbox: SandboxSettings = SandboxSettings()
 
     @model_validator(mode="after")

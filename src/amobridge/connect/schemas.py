@@ -325,6 +325,43 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         "amoCRM did not answer: The token exchange failed on the network or amoCRM returned a "
         "server error. Try again in a minute.",
     ),
+    # The amoCRM proxy, /proxy/{owner}/api/v4/...
+    "invalid_proxy_path": (
+        400,
+        "not a path the proxy forwards: a . or .. segment. Name an amoCRM API v4 path, e.g. "
+        "/proxy/{owner}/api/v4/leads/123",
+    ),
+    "amocrm_banned": (
+        403,
+        "amoCRM has blocked this account's API access (a ban after too many requests); GET "
+        "/api/v4/leads was not sent. Calls resume after Retry-After; ask amoCRM support to lift "
+        "the block sooner.",
+    ),
+    "not_an_api_path": (
+        404,
+        "the proxy forwards amoCRM API v4 calls only: /proxy/{owner}/api/v4/<path>, e.g. "
+        "/proxy/user-42/api/v4/account",
+    ),
+    "connection_disconnected": (
+        409,
+        "the owner's amoCRM connection was disconnected: connect the account again: GET "
+        "/amocrm/auth?owner=user-42",
+    ),
+    "reauth_required": (
+        409,
+        "amoCRM refused the owner's grant (revoked or expired): connect the account again: GET "
+        "/amocrm/auth?owner=user-42",
+    ),
+    "rate_limited": (
+        429,
+        "amoCRM asked this connection to wait; POST /api/v4/leads was not sent. Send it again "
+        "after Retry-After.",
+    ),
+    "amocrm_timeout": (
+        504,
+        "amoCRM did not answer in time on POST /api/v4/leads. It was not sent again: amoCRM may "
+        "or may not have applied it. Look the entities up before you send it again.",
+    ),
 }
 
 # What an unauthenticated or wrongly authenticated call to a route taking credentials gets.

@@ -84,8 +84,10 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     install_error_handlers(app)
 
     from amobridge.connect.router import router as connect_router
+    from amobridge.proxy.router import router as proxy_router
 
     app.include_router(connect_router)
+    app.include_router(proxy_router)
     install_docs(app)
     install_openapi(app)
 

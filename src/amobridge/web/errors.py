@@ -75,7 +75,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse(
-            error_body(exc.code, exc.detail, **exc.extra), status_code=exc.status_code
+            error_body(exc.code, exc.detail, **exc.extra),
+            status_code=exc.status_code,
+            headers=exc.headers,
         )
 
     @app.exception_handler(RequestValidationError)
