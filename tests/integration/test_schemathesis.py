@@ -8,7 +8,6 @@ synchronous ASGI client (another loop in another thread) is not used."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import hypothesis
@@ -32,14 +31,22 @@ CHECKS = [
     response_schema_conformance,
 ]
 MAX_EXAMPLES = 15
+MIN_EXAMPLES = 5
+REQUEST_BUDGET = 600
+"""Requests the whole run may send: as routes are added, each gets fewer generated cases (never
+fewer than MIN_EXAMPLES), so the suite's time stays bounded instead of growing with the API."""
 
 
-def _generate(operation: Any) -> list[Any]:
+def _examples_per_operation(operations: int) -> int:
+    return max(MIN_EXAMPLES, min(MAX_EXAMPLES, REQUEST_BUDGET // (2 * operations)))
+
+
+def _generate(operation: Any, examples: int) -> list[Any]:
     cases: list[Any] = []
 
     @given(case=operation.as_strategy())
     @hypothesis.settings(
-        max_examples=MAX_EXAMPLES,
+        max_examples=examples,
         deadline=None,
         database=None,
         derandomize=True,  # the same requests on every run
@@ -67,15 +74,15 @@ def _request(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_every_operation_conforms_with_and_without_credentials(stack: Any) -> None:
-    started = time.monotonic()
     schema = schemathesis.openapi.from_dict(stack.app.openapi())
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) > 5
+    examples = _examples_per_operation(len(operations))
     failures: list[str] = []
     sent = 0
     for operation in operations:
         for headers in ({}, stack.app_headers()):
-            for case in _generate(operation):
+            for case in _generate(operation, examples):
                 kwargs = case.as_transport_kwargs(base_url=SERVICE_URL, headers=headers)
                 response = await stack.http.request(**_request(kwargs))
                 sent += 1
@@ -84,10 +91,8 @@ async def test_every_operation_conforms_with_and_without_credentials(stack: Any)
                 except FailureGroup as error:
                     label = f"{operation.label} ({'key' if headers else 'anonymous'})"
                     failures.append(f"{label} -> {response.status_code}: {error.exceptions[0]}")
-    elapsed = time.monotonic() - started
     assert not failures, "\n".join(sorted(set(failures)))
     assert sent > 100
-    assert elapsed < 45, f"{sent} requests took {elapsed:.1f}s"
 
 
 pytestmark = pytest.mark.slow
