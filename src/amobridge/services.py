@@ -41,6 +41,9 @@ from amobridge.storage.guard import StorageUnavailable
 from amobridge.storage.identity import establish, preflight
 from amobridge.storage.migrate import upgrade_async
 from amobridge.storage.tables import Connection
+from amobridge.sync.catalogue import CatalogueService
+from amobridge.sync.service import SyncService
+from amobridge.sync.tasks import SyncTasks
 
 log = logging.getLogger("amobridge.services")
 
@@ -86,6 +89,9 @@ class Services:
     # register theirs when the services are built) and, while workers run, this process's worker.
     jobs: JobQueue
     job_handlers: JobHandlers
+    # The lead API and its push handlers (registered in job_handlers).
+    sync: SyncService
+    sync_tasks: SyncTasks
     job_worker: JobWorker | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: bool = False
@@ -131,6 +137,13 @@ class Services:
             settings, db, keyring, clients=clients, states=states, button_secrets=button_secrets
         )
         auth = AuthService(db, settings.security)
+        jobs, handlers = JobQueue(settings.jobs), JobHandlers()
+        catalogues = CatalogueService(
+            db, clients, timedelta(seconds=settings.sync.catalogue_ttl_seconds)
+        )
+        sync = SyncService(settings, db, keyring=keyring, catalogues=catalogues, queue=jobs)
+        sync_tasks = SyncTasks(settings, db, keyring=keyring, catalogues=catalogues, queue=jobs)
+        sync_tasks.register(handlers)
         return cls(
             settings,
             db,
@@ -142,8 +155,10 @@ class Services:
             connect,
             CallbackService(connect),
             tasks,
-            jobs=JobQueue(settings.jobs),
-            job_handlers=JobHandlers(),
+            jobs=jobs,
+            job_handlers=handlers,
+            sync=sync,
+            sync_tasks=sync_tasks,
         )
 
     def connections(self, session: AsyncSession) -> ConnectionRepository:
@@ -194,6 +209,7 @@ class Services:
             try:
                 await self.connect_tasks.purge_expired()
                 await self.connect_tasks.keepalive(older_than=keepalive)
+                await self.sync.purge_idempotency_keys()
             except StorageUnavailable as exc:  # one line, not a traceback a minute
                 log.warning("housekeeping paused: %s", exc.detail)
             except Exception:  # a bad round must not end housekeeping; it is logged

@@ -336,6 +336,126 @@ class ProxySettings(_Group):
     )
 
 
+class SyncSettings(_Group):
+    """The lead API and its push to amoCRM."""
+
+    catalogue_ttl_seconds: int = Field(
+        300,
+        ge=0,
+        le=86_400,
+        description="How old a connection's cached pipelines, stages and custom fields may be "
+        "before a lead request reads them from amoCRM again (0: every request).",
+    )
+    mirror_authoritative: bool = Field(
+        False,
+        description="Deduplicate contacts against amobridge's own contacts only: no contact "
+        "search in amoCRM before one is created (for accounts whose contacts all come "
+        "through amobridge).",
+    )
+    phone_region: str = Field(
+        "RU",
+        pattern=r"^[A-Z]{2}$",
+        description="Where a phone written without + was dialled (8 900 … is +7 900 … in RU).",
+    )
+    idempotency_ttl_hours: int = Field(
+        24,
+        ge=1,
+        le=24 * 30,
+        description="How long an Idempotency-Key of POST /leads and /contacts is remembered.",
+    )
+
+
+class JobsSettings(_Group):
+    """The job queue's workers (``amobridge worker``, and ``serve`` with RUN_WORKERS)."""
+
+    concurrency: int = Field(
+        4, ge=1, le=256, description="Handlers one worker process runs at the same time."
+    )
+    connection_concurrency: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Jobs of one connection running at the same time, across all workers.",
+    )
+    max_attempts: int = Field(
+        8, ge=1, le=1000, description="Attempts of a job before it is failed (enqueue may say)."
+    )
+    backoff_base_seconds: float = Field(
+        5.0, gt=0, description="Wait before the second attempt; doubled after each failure."
+    )
+    backoff_cap_seconds: float = Field(
+        3600.0, gt=0, description="Longest wait between two attempts."
+    )
+    lease_seconds: float = Field(
+        60.0,
+        ge=1,
+        description="A claimed job's lease, renewed every third of it while its handler runs; "
+        "a lease that ran out (the worker died) lets another worker take the job over.",
+    )
+    poll_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="How often an idle worker looks for due jobs when nothing woke it.",
+    )
+    handler_timeout_seconds: float = Field(
+        300.0, gt=0, description="A handler running longer is cancelled and its jobs retried."
+    )
+    resume_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="How often paused jobs are checked: a re-connected connection's or an "
+        "ended ban's jobs go back to pending.",
+    )
+    shutdown_grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="How long a stopping worker lets running handlers finish before it hands "
+        "their jobs back.",
+    )
+
+
+class ProxySettings(_Group):
+    """The amoCRM proxy, ``/proxy/{owner}/api/v4/...``."""
+
+    audit_reads: bool = Field(
+        False,
+        description="Write an audit entry for every proxied GET too (writes always get one).",
+    )
+
+
+class WebhooksSettings(_Group):
+    """amoCRM's webhooks into the mirror (``POST /webhooks/amocrm/{secret}``)."""
+
+    auto_subscribe: bool = Field(
+        True,
+        description="Subscribe a connection's webhook through amoCRM's API when it becomes "
+        "active (and unsubscribe it when it is disconnected); false: add it by hand.",
+    )
+    check_interval_seconds: int = Field(
+        3600,
+        ge=60,
+        le=7 * 86_400,
+        description="How often each active connection's subscription is checked in amoCRM, and "
+        "restored when amoCRM disabled or removed it.",
+    )
+    dedup_window_seconds: int = Field(
+        86_400,
+        ge=0,
+        le=30 * 86_400,
+        description="A body received again for the same connection within this time is a "
+        "redelivery: stored as a duplicate, applied once (0: no deduplication).",
+    )
+    retention_days: int = Field(
+        30,
+        ge=1,
+        le=3650,
+        description="How long processed and duplicate deliveries are kept (failed ones stay "
+        "until replayed or this much older).",
+    )
+
+
 class Settings(BaseSettings):
     """All of amobridge's settings. Build with :func:`load_settings` to get a readable error."""
 
@@ -359,6 +479,7 @@ class Settings(BaseSettings):
     mobile: MobileSettings = MobileSettings()
     hooks: HooksSettings = HooksSettings()
     jobs: JobsSettings = JobsSettings()
+    sync: SyncSettings = SyncSettings()
     proxy: ProxySettings = ProxySettings()
     sandbox: SandboxSettings = SandboxSettings()
 
@@ -405,6 +526,8 @@ _NUMERIC_LIMITS = frozenset(
         "keepalive_refresh_days",
         "connection_check_ms",
         "max_body_bytes",
+        "catalogue_ttl_seconds",
+        "idempotency_ttl_hours",
         "concurrency",
         "connection_concurrency",
         "max_attempts",

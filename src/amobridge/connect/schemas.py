@@ -309,6 +309,42 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         "AMOBRIDGE_SERVER__MAX_BODY_BYTES)",
     ),
     "validation_error": (422, "owner: String should have at most 255 characters"),
+    "lead_not_found": (404, "no lead with this id for this owner"),
+    "contact_not_found": (404, "no contact with this id for this owner"),
+    "invalid_cursor": (
+        400,
+        "cursor is not a next_cursor of this listing (with the same updated_since): start again "
+        "without it",
+    ),
+    "unknown_pipeline": (
+        422,
+        "no pipeline 'Продажи' in the account; its pipelines: 'Воронка' (id 6000001)",
+    ),
+    "unknown_stage": (
+        422,
+        "no stage 'Оплачено' in pipeline 'Воронка' (id 6000001); its stages: 'Первичный контакт' "
+        "(id 50000002), 'Переговоры' (id 50000003)",
+    ),
+    "unknown_custom_field": (
+        422,
+        "no custom field 'Истоник' on leads; its fields: 'Источник' (id 500004)",
+    ),
+    "invalid_custom_field_value": (
+        422,
+        "custom field 'Источник' (id 500004, select): no option 'Радио'; its options: 'Сайт' "
+        "(id 700010), 'Звонок' (id 700011)",
+    ),
+    "invalid_email": (422, "email 'ivan@' is not an e-mail address"),
+    "invalid_phone": (
+        422,
+        "phone '12' is not a phone number (a number without + is read as dialled in RU: "
+        "AMOBRIDGE_SYNC__PHONE_REGION)",
+    ),
+    "idempotency_key_reused": (
+        422,
+        "this Idempotency-Key was already used with another request: use a new key for a new "
+        "request (the first answer is replayed only for the same body)",
+    ),
     "internal_error": (
         500,
         "internal error: the service logged it; try again, and tell the service's operator if "

@@ -277,6 +277,144 @@ class StorageMarker(Base):
 
 
 # The states of a job (``jobs.state``); see ``amobridge.jobs`` for the transitions.
+# --- the lead mirror (sync) ----------------------------------------------------------------------
+
+
+class Lead(Base):
+    """A lead the host app gave amobridge, mirrored locally and pushed to amoCRM by a job.
+
+    ``sync_state``: ``pending`` (accepted, not yet in amoCRM or a local change not yet pushed),
+    ``synced`` or ``failed`` (``last_error`` says why). ``create_key`` is the idempotency key of
+    the job that creates it in amoCRM, stored with the row and sent as the lead's marker;
+    ``pushed_at`` is set before a create request leaves, so a later attempt knows it must look
+    for the lead in amoCRM before sending again. ``dirty`` maps each field changed locally and not
+    yet pushed to the ``version`` it was changed at. ``unresolved`` keeps pipeline, stage and
+    field names that could not be checked when the lead was accepted (no catalogue could be
+    read): the push resolves them."""
+
+    __tablename__ = "leads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(255))
+    connection_id: Mapped[str] = mapped_column(String(32))
+    amo_id: Mapped[int | None] = mapped_column(BigInteger)
+    name: Mapped[str | None] = mapped_column(Text)
+    name_folded: Mapped[str | None] = mapped_column(Text)  # casefolded, ё→е: for ``q``
+    price: Mapped[int | None] = mapped_column(BigInteger)
+    pipeline_id: Mapped[int | None] = mapped_column(BigInteger)
+    status_id: Mapped[int | None] = mapped_column(BigInteger)
+    responsible_user_id: Mapped[int | None] = mapped_column(BigInteger)
+    custom_fields: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    sync_state: Mapped[str] = mapped_column(String(16), default="pending")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    create_key: Mapped[str | None] = mapped_column(String(64))
+    pushed_at: Mapped[datetime | None]
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    dirty: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    unresolved: Mapped[dict[str, Any] | None]
+    amo_updated_at: Mapped[datetime | None]
+    synced_at: Mapped[datetime | None]
+    local_updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (
+        Index("ix_leads_owner_external_id", "owner", "external_id", unique=True),
+        Index("ix_leads_connection_amo_id", "connection_id", "amo_id", unique=True),
+        Index("ix_leads_owner_created", "owner", "created_at", "id"),
+        Index("ix_leads_owner_updated", "owner", "updated_at", "id"),
+        Index("ix_leads_owner_stage", "owner", "pipeline_id", "status_id"),
+    )
+
+
+class Contact(Base):
+    """A contact of the lead mirror. ``emails`` are lower-cased, ``phones`` E.164; ``email`` and
+    ``phone`` are the first of each, the keys contacts are deduplicated by (per connection)."""
+
+    __tablename__ = "contacts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(255))
+    connection_id: Mapped[str] = mapped_column(String(32))
+    amo_id: Mapped[int | None] = mapped_column(BigInteger)
+    name: Mapped[str | None] = mapped_column(Text)
+    name_folded: Mapped[str | None] = mapped_column(Text)
+    email: Mapped[str | None] = mapped_column(String(254))
+    phone: Mapped[str | None] = mapped_column(String(32))
+    emails: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    phones: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    sync_state: Mapped[str] = mapped_column(String(16), default="pending")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    create_key: Mapped[str | None] = mapped_column(String(64))
+    pushed_at: Mapped[datetime | None]
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    dirty: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    amo_updated_at: Mapped[datetime | None]
+    synced_at: Mapped[datetime | None]
+    local_updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (
+        Index("ix_contacts_owner_external_id", "owner", "external_id", unique=True),
+        Index("ix_contacts_connection_amo_id", "connection_id", "amo_id", unique=True),
+        Index("ix_contacts_connection_email", "connection_id", "email"),
+        Index("ix_contacts_connection_phone", "connection_id", "phone"),
+        Index("ix_contacts_owner_created", "owner", "created_at", "id"),
+    )
+
+
+class LeadContact(Base):
+    """A lead's link to a contact of the mirror (``is_main``: the lead's main contact)."""
+
+    __tablename__ = "lead_contacts"
+
+    lead_id: Mapped[str] = mapped_column(
+        ForeignKey("leads.id", ondelete="CASCADE"), primary_key=True
+    )
+    contact_id: Mapped[str] = mapped_column(
+        ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True
+    )
+    is_main: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    __table_args__ = (Index("ix_lead_contacts_contact_id", "contact_id"),)
+
+
+class IdempotencyKey(Base):
+    """A POST's ``Idempotency-Key``: the request it came with (``request_hash``, a SHA-256 of the
+    route and the body) and the answer given, replayed for a retry with the same key."""
+
+    __tablename__ = "idempotency_keys"
+
+    owner: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+
+class AmoCatalogue(Base):
+    """What a connection's amoCRM account offers, cached: ``kind`` ``pipelines`` (with their
+    stages), ``lead_fields`` or ``contact_fields``, as amoCRM sent them, and when they were read."""
+
+    __tablename__ = "amo_catalogue"
+
+    connection_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    data: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    fetched_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# The states of a job (``jobs.state``); see ``amobridge.jobs`` for the transitions.
 JOB_STATES = ("pending", "running", "succeeded", "failed", "paused", "cancelled")
 # A job in one of these is not finished: a dedup key names at most one of them.
 JOB_ACTIVE_STATES = ("pending", "running", "paused")

@@ -85,8 +85,10 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
 
     from amobridge.connect.router import router as connect_router
     from amobridge.proxy.router import router as proxy_router
+    from amobridge.sync.router import router as sync_router
 
     app.include_router(connect_router)
+    app.include_router(sync_router)
     app.include_router(proxy_router)
     install_docs(app)
     install_openapi(app)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from amobridge.amo.models.base import (
     AmoInput,
@@ -110,17 +110,26 @@ class LeadUpdate(_LeadWrite):
 
 class ComplexLeadCreate(_LeadWrite):
     """A lead created together with (at most) one new contact and one new company, in one
-    ``POST /leads/complex`` (amoCRM may merge the contact into an existing duplicate)."""
+    ``POST /leads/complex`` (amoCRM may merge the contact into an existing duplicate).
+    ``contact_id`` links an existing contact instead of creating one."""
 
     created_by: int | None = None
     created_at: int | None = None
     tags: list[TagRef] | None = None
     contact: ContactCreate | None = None
+    contact_id: int | None = None
     company: CompanyCreate | None = None
+
+    @model_validator(mode="after")
+    def _one_contact(self) -> ComplexLeadCreate:
+        if self.contact is not None and self.contact_id is not None:
+            raise ValueError("give contact (to create one) or contact_id (to link one), not both")
+        return self
 
     def to_api(self) -> dict[str, Any]:
         body = super().to_api()
         body.pop("contact", None)
+        body.pop("contact_id", None)
         body.pop("company", None)
         embedded: dict[str, Any] = {}
         tags = body.pop("tags", None)
@@ -128,6 +137,8 @@ class ComplexLeadCreate(_LeadWrite):
             embedded["tags"] = tags
         if self.contact is not None:
             embedded["contacts"] = [self.contact.to_api()]
+        elif self.contact_id is not None:
+            embedded["contacts"] = [{"id": self.contact_id}]
         if self.company is not None:
             embedded["companies"] = [self.company.to_api()]
         if embedded:

@@ -1,0 +1,4 @@
+"""The lead API and the push to amoCRM: a local mirror of the host app's leads and contacts
+(``repository.py``), the routes that accept and show them (``router.py``, ``service.py``), and
+the job handlers that send them to amoCRM without ever creating one twice (``tasks.py``).
+See docs/sync.md, "Leads"."""

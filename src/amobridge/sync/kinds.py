@@ -1,0 +1,23 @@
+"""The job kinds of the sync feature (queued by ``service.py``, handled by ``tasks.py``).
+
+Every job names the connection it pushes to (``connection_id``) and the row it pushes as its
+ordering key (``lead:<id>``: a lead's update never overtakes its create, while the creates of
+many leads go in one batch). It carries only the id of its mirror row: the handler reads
+the row when it runs, so it sends the state of that moment, and a job that waited through a
+re-authorization sends what the host app last wanted."""
+
+from __future__ import annotations
+
+LEAD_CREATE = "sync.lead.create"
+LEAD_UPDATE = "sync.lead.update"
+CONTACT_CREATE = "sync.contact.create"
+CONTACT_UPDATE = "sync.contact.update"
+
+# amoCRM takes at most 50 leads per POST /leads/complex; 50 is its advice for other writes too.
+BATCH_SIZE = 50
+
+
+def update_dedup_key(kind: str, row_id: str) -> str:
+    """One waiting update job per row: a second change before it runs is pushed by the same job
+    (the handler sends the row's latest state)."""
+    return f"{kind}:{row_id}"

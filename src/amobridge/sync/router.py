@@ -1,0 +1,362 @@
+"""HTTP routes of the lead API: ``/leads`` and ``/contacts``.
+
+Every route acts for one owner, decided as ``/amocrm/status`` decides it: an app key names the
+owner (body field ``owner`` on POST, query parameter ``owner`` elsewhere), a user's JWT acts for
+its own ``sub`` only, an admin key for any. Another owner's lead is 404, as one that does not
+exist: never 403, which would say it exists.
+
+The routes declare no ``WriteSession``: the service reads what amoCRM offers first (no unit of
+work is open over the network), then commits the row and its push job in one unit before the
+answer is sent.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Request
+from fastapi.responses import JSONResponse
+
+from amobridge.auth.dependencies import CurrentPrincipal
+from amobridge.connect.schemas import (
+    AUTH_ERRORS,
+    OWNER_ERRORS,
+    OwnerQuery,
+    error_responses,
+    json_examples,
+)
+from amobridge.sync.schemas import (
+    CONTACT_CREATE_EXAMPLES,
+    CONTACT_CREATED_EXAMPLES,
+    CONTACT_EXAMPLES,
+    CONTACT_EXISTING_EXAMPLES,
+    CONTACT_PAGE_EXAMPLES,
+    CONTACT_PATCH_EXAMPLES,
+    LEAD_CREATE_EXAMPLES,
+    LEAD_CREATED_EXAMPLES,
+    LEAD_EXAMPLES,
+    LEAD_EXISTING_EXAMPLES,
+    LEAD_PAGE_EXAMPLES,
+    LEAD_PATCH_EXAMPLES,
+    ContactCreateBody,
+    ContactIdPath,
+    ContactOut,
+    ContactPage,
+    ContactPatchBody,
+    CursorQuery,
+    IdempotencyKeyHeader,
+    LeadCreateBody,
+    LeadIdPath,
+    LeadOut,
+    LeadPage,
+    LeadPatchBody,
+    LimitQuery,
+    PipelineQuery,
+    SearchQuery,
+    StageQuery,
+    StateQuery,
+    UpdatedSinceQuery,
+)
+from amobridge.sync.service import SyncService
+
+router = APIRouter(tags=["leads"])
+
+_CALLER = (*AUTH_ERRORS, *OWNER_ERRORS)
+_NAMES = ("unknown_pipeline", "unknown_stage", "unknown_custom_field", "invalid_custom_field_value")
+_REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored answer to an earlier request with the "
+        "same Idempotency-Key",
+        "schema": {"type": "string"},
+    }
+}
+
+
+async def service(request: Request) -> SyncService:
+    found: SyncService = request.app.state.services.sync
+    return found
+
+
+Service = Annotated[SyncService, Depends(service)]
+
+
+def _answer(status: int, body: dict[str, Any], replayed: bool) -> JSONResponse:
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# --- leads ---------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/leads",
+    summary="Create a lead (answered at once; pushed to amoCRM by a job)",
+    status_code=201,
+    response_model=LeadOut,
+    responses={
+        201: {
+            "description": "Stored with its push job: `state` is `pending`",
+            "content": json_examples(LEAD_CREATED_EXAMPLES),
+            "headers": _REPLAYED,
+        },
+        200: {
+            "model": LeadOut,
+            "description": "A lead with this `external_id` was stored already: that lead, unchanged",
+            "content": json_examples(LEAD_EXISTING_EXAMPLES),
+            "headers": _REPLAYED,
+        },
+        **error_responses(
+            400,
+            401,
+            403,
+            404,
+            413,
+            422,
+            codes=(
+                *_CALLER,
+                "connection_not_found",
+                *_NAMES,
+                "invalid_email",
+                "invalid_phone",
+                "idempotency_key_reused",
+            ),
+        ),
+    },
+)
+async def create_lead(
+    svc: Service,
+    principal: CurrentPrincipal,
+    body: Annotated[LeadCreateBody, Body(openapi_examples=LEAD_CREATE_EXAMPLES)],
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JSONResponse:
+    """The lead and its push job are committed before the answer. A connection that needs
+    re-authorization (`connection`: `reauth_required`) or was disconnected still takes the
+    lead: it is kept and pushed once the owner connects again. Names of pipelines, stages and
+    custom fields are checked against the account (cached; an unknown one is 422 with
+    `available` listing the real ones)."""
+    who = principal.owner_for(body.owner)
+    status, answer, replayed = await svc.create_lead(
+        who, body, idempotency_key=idempotency_key, actor=principal.name
+    )
+    return _answer(status, answer, replayed)
+
+
+@router.get(
+    "/leads/{lead_id}",
+    summary="A lead: its state in amoCRM (pending, synced, failed)",
+    response_model=LeadOut,
+    responses={
+        200: {"content": json_examples(LEAD_EXAMPLES)},
+        **error_responses(
+            400, 401, 403, 404, 422, codes=(*_CALLER, "lead_not_found", "connection_not_found")
+        ),
+    },
+)
+async def get_lead(
+    svc: Service, principal: CurrentPrincipal, lead_id: LeadIdPath, owner: OwnerQuery = None
+) -> dict[str, Any]:
+    return await svc.get_lead(principal.owner_for(owner), lead_id)
+
+
+@router.get(
+    "/leads",
+    summary="The owner's leads, newest first (filters, search, cursor pages)",
+    response_model=LeadPage,
+    responses={
+        200: {"content": json_examples(LEAD_PAGE_EXAMPLES)},
+        **error_responses(
+            400,
+            401,
+            403,
+            404,
+            422,
+            codes=(
+                *_CALLER,
+                "invalid_cursor",
+                "connection_not_found",
+                "unknown_pipeline",
+                "unknown_stage",
+            ),
+        ),
+    },
+)
+async def list_leads(
+    svc: Service,
+    principal: CurrentPrincipal,
+    owner: OwnerQuery = None,
+    pipeline: PipelineQuery = None,
+    stage: StageQuery = None,
+    q: SearchQuery = None,
+    updated_since: UpdatedSinceQuery = None,
+    state: StateQuery = None,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = 50,
+) -> dict[str, Any]:
+    """Pages are stable under inserts: `next_cursor` continues after the last lead shown."""
+    return await svc.list_leads(
+        principal.owner_for(owner),
+        pipeline=pipeline,
+        stage=stage,
+        q=q,
+        updated_since=updated_since,
+        state=state,
+        cursor=cursor,
+        limit=limit,
+    )
+
+
+@router.patch(
+    "/leads/{lead_id}",
+    summary="Change a lead (stored at once; pushed to amoCRM by a job)",
+    response_model=LeadOut,
+    responses={
+        200: {
+            "description": "Stored: `state` is `pending` until amoCRM has the change",
+            "content": json_examples(LEAD_EXAMPLES),
+        },
+        **error_responses(
+            400,
+            401,
+            403,
+            404,
+            413,
+            422,
+            codes=(*_CALLER, "lead_not_found", "connection_not_found", *_NAMES),
+        ),
+    },
+)
+async def update_lead(
+    svc: Service,
+    principal: CurrentPrincipal,
+    lead_id: LeadIdPath,
+    body: Annotated[LeadPatchBody, Body(openapi_examples=LEAD_PATCH_EXAMPLES)],
+    owner: OwnerQuery = None,
+) -> dict[str, Any]:
+    """Only the fields given change, and only those are sent to amoCRM (a manager's change
+    of another field in amoCRM is not overwritten)."""
+    return await svc.update_lead(principal.owner_for(owner), lead_id, body, actor=principal.name)
+
+
+# --- contacts ------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/contacts",
+    summary="Create a contact (deduplicated by e-mail and phone)",
+    status_code=201,
+    response_model=ContactOut,
+    responses={
+        201: {
+            "description": "Stored with its push job",
+            "content": json_examples(CONTACT_CREATED_EXAMPLES),
+            "headers": _REPLAYED,
+        },
+        200: {
+            "model": ContactOut,
+            "description": "A contact with this `external_id`, e-mail or phone was stored "
+            "already: that contact (what it lacked added)",
+            "content": json_examples(CONTACT_EXISTING_EXAMPLES),
+            "headers": _REPLAYED,
+        },
+        **error_responses(
+            400,
+            401,
+            403,
+            404,
+            413,
+            422,
+            codes=(
+                *_CALLER,
+                "connection_not_found",
+                "invalid_email",
+                "invalid_phone",
+                "idempotency_key_reused",
+            ),
+        ),
+    },
+)
+async def create_contact(
+    svc: Service,
+    principal: CurrentPrincipal,
+    body: Annotated[ContactCreateBody, Body(openapi_examples=CONTACT_CREATE_EXAMPLES)],
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JSONResponse:
+    who = principal.owner_for(body.owner)
+    status, answer, replayed = await svc.create_contact(
+        who, body, idempotency_key=idempotency_key, actor=principal.name
+    )
+    return _answer(status, answer, replayed)
+
+
+@router.get(
+    "/contacts/{contact_id}",
+    summary="A contact",
+    response_model=ContactOut,
+    responses={
+        200: {"content": json_examples(CONTACT_EXAMPLES)},
+        **error_responses(
+            400, 401, 403, 404, 422, codes=(*_CALLER, "contact_not_found", "connection_not_found")
+        ),
+    },
+)
+async def get_contact(
+    svc: Service, principal: CurrentPrincipal, contact_id: ContactIdPath, owner: OwnerQuery = None
+) -> dict[str, Any]:
+    return await svc.get_contact(principal.owner_for(owner), contact_id)
+
+
+@router.get(
+    "/contacts",
+    summary="The owner's contacts, newest first",
+    response_model=ContactPage,
+    responses={
+        200: {"content": json_examples(CONTACT_PAGE_EXAMPLES)},
+        **error_responses(
+            400, 401, 403, 404, 422, codes=(*_CALLER, "invalid_cursor", "connection_not_found")
+        ),
+    },
+)
+async def list_contacts(
+    svc: Service,
+    principal: CurrentPrincipal,
+    owner: OwnerQuery = None,
+    q: SearchQuery = None,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = 50,
+) -> dict[str, Any]:
+    return await svc.list_contacts(principal.owner_for(owner), q=q, cursor=cursor, limit=limit)
+
+
+@router.patch(
+    "/contacts/{contact_id}",
+    summary="Change a contact (pushed to amoCRM by a job)",
+    response_model=ContactOut,
+    responses={
+        200: {"content": json_examples(CONTACT_EXAMPLES)},
+        **error_responses(
+            400,
+            401,
+            403,
+            404,
+            413,
+            422,
+            codes=(
+                *_CALLER,
+                "contact_not_found",
+                "connection_not_found",
+                "invalid_email",
+                "invalid_phone",
+            ),
+        ),
+    },
+)
+async def update_contact(
+    svc: Service,
+    principal: CurrentPrincipal,
+    contact_id: ContactIdPath,
+    body: Annotated[ContactPatchBody, Body(openapi_examples=CONTACT_PATCH_EXAMPLES)],
+    owner: OwnerQuery = None,
+) -> dict[str, Any]:
+    return await svc.update_contact(
+        principal.owner_for(owner), contact_id, body, actor=principal.name
+    )
