@@ -276,7 +276,6 @@ class StorageMarker(Base):
     probed_at: Mapped[datetime | None]
 
 
-# The states of a job (``jobs.state``); see ``amobridge.jobs`` for the transitions.
 # --- the lead mirror (sync) ----------------------------------------------------------------------
 
 
