@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -263,6 +265,81 @@ class AmoSettings(_Group):
     )
 
 
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def parse_return_url(url: str) -> tuple[str, str]:
+    """``(origin, path)`` of a URL a browser may be sent back to: absolute, https (http only
+    for localhost), no user name or password, no dot segments. ``ValueError`` says why not."""
+    if not url or not url.isprintable() or any(c.isspace() or c == "\\" for c in url):
+        raise ValueError("must be an absolute URL without spaces or backslashes")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http") or not parts.netloc or not parts.hostname:
+        raise ValueError("must be an absolute https URL")
+    if "@" in parts.netloc:
+        raise ValueError("must not carry a user name or password")
+    host = parts.hostname.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    if scheme == "http" and host not in _LOOPBACK_HOSTS:
+        raise ValueError("must be https (http is accepted for localhost only)")
+    path = parts.path or "/"
+    if any(unquote(segment) in (".", "..") for segment in path.split("/")):
+        raise ValueError("must not hold . or .. path segments")
+    shown = f"[{host}]" if ":" in host else host
+    default_port = 443 if scheme == "https" else 80
+    origin = f"{scheme}://{shown}" + (f":{port}" if port not in (None, default_port) else "")
+    return origin, path
+
+
+def return_url_allowed(url: str, prefixes: list[str]) -> bool:
+    """Does ``url`` start with one of ``prefixes`` (:attr:`ConnectSettings.return_urls`): the
+    same origin exactly, and the prefix's path as whole segments (``/app`` takes ``/app`` and
+    ``/app/x``, never ``/apple``)?"""
+    try:
+        origin, path = parse_return_url(url)
+    except ValueError:
+        return False
+    for prefix in prefixes:
+        prefix_origin, prefix_path = parse_return_url(prefix)
+        if origin != prefix_origin:
+            continue
+        if prefix_path == "/" or path == prefix_path:
+            return True
+        if path.startswith(prefix_path if prefix_path.endswith("/") else prefix_path + "/"):
+            return True
+    return False
+
+
+def _return_url_prefix(value: str) -> str:
+    try:
+        parse_return_url(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} {exc}") from None
+    parts = urlsplit(value)
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        raise ValueError(f"{value!r}: a return URL prefix has no query or fragment")
+    return value
+
+
+class ConnectSettings(_Group):
+    """The connect flows' pages in the browser."""
+
+    return_urls: Annotated[
+        list[Annotated[str, AfterValidator(_return_url_prefix)]],
+        NoDecode,
+        BeforeValidator(_split_list),
+    ] = Field(
+        default_factory=list,
+        description="Where the success page may send the browser back to (return_url): the "
+        "host app's URL prefixes, an origin with an optional path, https (http for localhost "
+        "only), e.g. https://app.example.com/settings. Empty: no return_url is accepted.",
+    )
+
+
 class MobileSettings(_Group):
     allowed_schemes: CommaList = Field(
         default_factory=list, description="Deep-link schemes the callback may open, e.g. foryoure."
@@ -385,6 +462,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     security: SecuritySettings = SecuritySettings()
     amo: AmoSettings = AmoSettings()
+    connect: ConnectSettings = ConnectSettings()
     mobile: MobileSettings = MobileSettings()
     hooks: HooksSettings = HooksSettings()
     jobs: JobsSettings = JobsSettings()

@@ -34,6 +34,17 @@ from process_support import Process, SandboxServer, amobridge, clean_env, free_p
 APP_SCHEME = "foryoure"
 """The mobile app's deep-link scheme, allow-listed for every service started here."""
 
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+"""Where the browser tests leave their screenshots, to be looked at (not committed)."""
+
+
+def screenshot(page: Any, name: str) -> Path:
+    """Save what ``page`` shows as ``artifacts/<name>.png``; its path."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
 
 def query_of(url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}

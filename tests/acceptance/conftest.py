@@ -34,8 +34,9 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    """A fresh browser context (no cookies, no history) per test."""
-    context = browser.new_context()
+    """A fresh browser context (no cookies, no history) per test, in English (en-US, what
+    headless Chromium sends anyway; the pages answer in the browser's language)."""
+    context = browser.new_context(locale="en-US")
     context.set_default_timeout(WAIT_MS)
     try:
         yield context.new_page()

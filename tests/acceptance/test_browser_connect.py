@@ -2,7 +2,8 @@
 ``amobridge serve`` and ``amobridge sandbox`` processes (two origins, as in production).
 
 - redirect: ``/amocrm/auth?token=<user JWT>`` → amoCRM's consent page → Allow → the service's
-  callback says "AmoCRM подключен!" and ``/amocrm/status`` says connected;
+  callback says "amoCRM is connected!" (the browser speaks English) and ``/amocrm/status`` says
+  connected;
 - deny: Deny → the error page says what happened and what to do;
 - website button: ``/amocrm/connect`` → the button → consent popup → Allow → amoCRM POSTs the new
   integration's keys to the service first → success, connected with the button's integration;
@@ -80,7 +81,7 @@ def test_redirect_flow_connects_the_owner(page: Any, stack: Stack) -> None:
     page.click("#allow")
     page.wait_for_url(f"{stack.service.url}/amocrm/callback?**")
     code = query_of(page.url)["code"]
-    assert page.inner_text("#result") == "AmoCRM подключен!"
+    assert page.inner_text("#result") == "amoCRM is connected!"
     assert "acme.amocrm.ru" in page.inner_text("main")
 
     status = stack.service.status(owner)
@@ -109,7 +110,7 @@ def test_deny_shows_what_to_do(page: Any, stack: Stack) -> None:
     assert result.get_attribute("data-error") == "access_denied"
     text = page.inner_text("main")
     assert "You pressed «Deny»" in text
-    assert "What to do / Что делать:" in text
+    assert "What to do:" in text
     assert "press «Allow»" in text
     assert stack.service.status(owner)["connected"] is False
 
@@ -127,11 +128,11 @@ def test_website_button_connects_with_its_own_integration(page: Any, stack: Stac
     popup = opened.value
     popup.wait_for_load_state()
     assert popup.url.startswith(f"{stack.box.url}/oauth/?")
-    assert "Установить интеграцию «amobridge»" in popup.inner_text("h1")
+    assert "Install the integration «amobridge»" in popup.inner_text("h1")
 
     popup.click("#allow")
     page.wait_for_url(f"{stack.service.url}/amocrm/callback?**")
-    assert page.inner_text("#result") == "AmoCRM подключен!"
+    assert page.inner_text("#result") == "amoCRM is connected!"
     landed = query_of(page.url)
     assert landed["state"] == state
 

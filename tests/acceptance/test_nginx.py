@@ -3,7 +3,7 @@
 A real nginx (Debian's) runs each ``server`` block of ``docs/deploy-nginx.md`` — read from the doc,
 only its two ports changed — in front of ``amobridge serve`` with ``ROOT_PATH=/api`` and
 ``PUBLIC_URL=http://127.0.0.1:<nginx>/api``. Through it, headless Chromium connects an account
-(``/api/amocrm/auth`` → amoCRM's consent → ``/api/amocrm/callback`` → "AmoCRM подключен!") and
+(``/api/amocrm/auth`` → amoCRM's consent → ``/api/amocrm/callback`` → "amoCRM is connected!") and
 installs the website button (amoCRM POSTs the keys to ``/api/amocrm/secrets``); ``/api/docs``
 works; amoCRM's uninstall hook arrives through the prefix. (A service whose own routes
 repeat the prefix behind a proxy that strips it gets a 404 at the first step.)
@@ -141,7 +141,7 @@ def test_redirect_flow_through_the_prefix(page: Any, edge: Edge) -> None:
     page.wait_for_url(f"{edge.box.url}/oauth?**")
     page.click("#allow")
     page.wait_for_url(f"{edge.api}/amocrm/callback?**")
-    assert page.inner_text("#result") == "AmoCRM подключен!"
+    assert page.inner_text("#result") == "amoCRM is connected!"
     assert "acme.amocrm.ru" in page.inner_text("main")
 
     status = edge.status(owner)
@@ -167,7 +167,7 @@ def test_website_button_through_the_prefix(page: Any, edge: Edge) -> None:
     popup.wait_for_load_state()
     popup.click("#allow")
     page.wait_for_url(f"{edge.api}/amocrm/callback?**")
-    assert page.inner_text("#result") == "AmoCRM подключен!"
+    assert page.inner_text("#result") == "amoCRM is connected!"
 
     posted = [e for e in edge.box.outbound("secrets") if e["state"] == state]
     assert [(e["url"], e["status"]) for e in posted] == [(f"{edge.api}/amocrm/secrets", 200)]

@@ -16,7 +16,7 @@ from amobridge.storage.tables import OAuthState
 async def test_redirect_flow_connects_the_owner(stack: Any) -> None:
     reply = await stack.connect("user-1")
     assert reply.status_code == 200
-    assert "AmoCRM подключен!" in reply.text
+    assert "amoCRM подключён!" in reply.text
     assert "acme.amocrm.ru" in reply.text
     status = await stack.http.get(
         "/amocrm/status", params={"owner": "user-1"}, headers=stack.app_headers()
@@ -67,10 +67,14 @@ async def test_denied_consent_shows_what_to_do(stack: Any) -> None:
     )
     assert reply.status_code == 400
     assert 'data-error="access_denied"' in reply.text
-    assert "Allow" in reply.text
+    assert "нажмите «Разрешить»" in reply.text  # no Accept-Language: Russian
 
 
-async def test_replayed_callback_is_refused_without_second_exchange(stack: Any) -> None:
+async def test_a_reload_shows_the_connection_and_a_replay_elsewhere_is_refused(
+    stack: Any,
+) -> None:
+    """The browser that connected may reload the success page (it shows the connection again);
+    the same callback URL from another browser is refused — and the code is exchanged once."""
     start = await stack.http.get(
         "/amocrm/auth", params={"owner": "u", "format": "json"}, headers=stack.app_headers()
     )
@@ -86,9 +90,16 @@ async def test_replayed_callback_is_refused_without_second_exchange(stack: Any) 
     params = dict(httpx.URL(consent.json()["redirect_url"]).params)
     first = await stack.http.get("/amocrm/callback", params=params)
     assert first.status_code == 200
-    again = await stack.http.get("/amocrm/callback", params=params)
-    assert again.status_code == 400
-    assert 'data-error="state_used"' in again.text
+    again = await stack.http.get("/amocrm/callback", params=params)  # a reload
+    assert again.status_code == 200, again.text
+    assert 'data-status="success"' in again.text
+    assert "acme.amocrm.ru" in again.text
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=stack.app), base_url=str(stack.http.base_url)
+    ) as elsewhere:
+        replayed = await elsewhere.get("/amocrm/callback", params=params)
+    assert replayed.status_code == 400
+    assert 'data-error="state_used"' in replayed.text
     exchanges = (
         await stack.control.get(
             "/_sandbox/requests", params={"path_prefix": "/oauth2/access_token"}
@@ -113,7 +124,7 @@ async def test_expired_state(stack: Any) -> None:
     )
     assert reply.status_code == 400
     assert 'data-error="state_expired"' in reply.text
-    assert "10 minutes" in reply.text
+    assert "10 минут" in reply.text
 
 
 async def test_forged_and_missing_state(stack: Any) -> None:

@@ -169,7 +169,7 @@ def test_tokens_and_flows_survive_a_kill(
             http, svc, sandbox_server, client_id, accounts["alice"], svc.state_for(http, "alice")
         )
         assert alice.status_code == 200, alice.text
-        assert "AmoCRM подключен!" in alice.text
+        assert "amoCRM подключён!" in alice.text
         connected_at = svc.status(http, "alice")["lastRefreshAt"]
         svc.state_for(http, "bob")
         carol_consent = sandbox_server.consent(

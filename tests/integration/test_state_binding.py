@@ -6,10 +6,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from amobridge.connect.stores import binding_cookie_name
 from amobridge.services import Services
@@ -72,16 +73,69 @@ async def _start(stack: Any, owner: str) -> tuple[str, httpx.Response]:
     return httpx.URL(reply.headers["location"]).params["state"], reply
 
 
-async def test_the_starting_browser_completes_and_its_cookie_is_cleared(stack: Any) -> None:
+async def test_the_starting_browser_completes_and_keeps_its_cookie_for_a_reload(
+    stack: Any,
+) -> None:
     state, started = await _start(stack, "owner-a")
     _assert_binding_cookie(_set_cookie(started, state))
-    assert stack.http.cookies.get(binding_cookie_name(state))
-    done = await stack.http.get("/amocrm/callback", params=await _consent(stack, state))
+    token = stack.http.cookies.get(binding_cookie_name(state))
+    assert token
+    callback = await _consent(stack, state)
+    done = await stack.http.get("/amocrm/callback", params=callback)
     assert done.status_code == 200, done.text
-    assert "AmoCRM подключен!" in done.text
-    cleared = _set_cookie(done, state)
+    assert "amoCRM подключён!" in done.text
+    # Set again for one more lifetime (the state's row is kept as long): a reload of the
+    # success page is this browser coming back with it.
+    _assert_binding_cookie(_set_cookie(done, state))
+    assert stack.http.cookies.get(binding_cookie_name(state)) == token
+    row = await _state_row(stack, state)
+    assert row.used_at is not None
+    assert row.succeeded_at is not None
+    reload = await stack.http.get("/amocrm/callback", params=callback)
+    assert reload.status_code == 200, reload.text
+    assert "amoCRM подключён!" in reload.text
+
+
+async def test_a_failed_callback_clears_the_cookie_and_a_reload_is_refused(stack: Any) -> None:
+    state, _ = await _start(stack, "owner-f")
+    denied = await stack.http.get(
+        "/amocrm/callback", params={"error": "access_denied", "state": state}
+    )
+    assert 'data-error="access_denied"' in denied.text
+    cleared = _set_cookie(denied, state)
     assert "Max-Age=0" in cleared or "expires=" in cleared.lower()
     assert not stack.http.cookies.get(binding_cookie_name(state))
+    assert (await _state_row(stack, state)).succeeded_at is None
+    again = await stack.http.get(
+        "/amocrm/callback", params={"error": "access_denied", "state": state}
+    )
+    assert 'data-error="state_used"' in again.text
+
+
+async def test_a_reload_after_the_window_or_a_disconnect_is_refused(stack: Any) -> None:
+    """The success page shows again only within the state's window, and only while the
+    account is still connected; otherwise the reload says the link was used."""
+    state, _ = await _start(stack, "owner-w")
+    callback = await _consent(stack, state)
+    assert (await stack.http.get("/amocrm/callback", params=callback)).status_code == 200
+    gone = await stack.http.delete(
+        "/amocrm/disconnect", params={"owner": "owner-w"}, headers=stack.app_headers()
+    )
+    assert gone.status_code == 200
+    after_disconnect = await stack.http.get("/amocrm/callback", params=callback)
+    assert 'data-error="state_used"' in after_disconnect.text
+
+    state, _ = await _start(stack, "owner-x")
+    callback = await _consent(stack, state)
+    assert (await stack.http.get("/amocrm/callback", params=callback)).status_code == 200
+    async with stack.services.db.transaction() as session:
+        await session.execute(
+            update(OAuthState)
+            .where(OAuthState.id == hashlib.sha256(state.encode()).hexdigest())
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    late = await stack.http.get("/amocrm/callback", params=callback)
+    assert 'data-error="state_used"' in late.text
 
 
 async def test_another_browser_is_refused_and_the_state_stays_usable(stack: Any) -> None:
@@ -95,7 +149,7 @@ async def test_another_browser_is_refused_and_the_state_stays_usable(stack: Any)
     for reply in (refused, guessed):
         assert reply.status_code == 400
         assert 'data-error="state_wrong_browser"' in reply.text
-        assert "browser where you started it" in reply.text
+        assert "в том браузере, где вы его начали" in reply.text
     assert (await _state_row(stack, state)).used_at is None
     async with stack.services.db.transaction() as session:
         errors = list(

@@ -185,7 +185,8 @@ def browser(sites: Sites) -> Iterator[Any]:
 def page(browser: Any, sites: Sites) -> Iterator[Any]:
     sites.integrator.events.clear()
     sites.integrator.landed.clear()
-    context = browser.new_context()
+    # A Russian-speaking user: the consent page answers in the browser's language.
+    context = browser.new_context(locale="ru-RU")
     context.set_default_timeout(WAIT_MS)
     try:
         yield context.new_page()

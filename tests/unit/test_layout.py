@@ -33,6 +33,23 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "cli",
         "demo",
     ),
+    # The pages' languages and texts: a leaf, so the service and the sandbox share it.
+    "i18n": (
+        "amo",
+        "sandbox",
+        "storage",
+        "connect",
+        "sync",
+        "rules",
+        "web",
+        "auth",
+        "audit",
+        "services",
+        "dependencies",
+        "settings",
+        "cli",
+        "demo",
+    ),
     # The sandbox speaks amoCRM's JSON itself, so a wrong shape in the SDK is caught by it.
     "sandbox": (
         "amo",

@@ -18,6 +18,7 @@ from amobridge.amo.domains import parse_account_domain
 from amobridge.amo.errors import AmoAuthError, AmoError, AmoInvalidDomain
 from amobridge.audit import AuditRepository
 from amobridge.connect.problems import PROBLEMS, CallbackOutcome, ConnectFailure
+from amobridge.connect.repository import StatusRow
 from amobridge.connect.service import ConnectService, Credentials
 from amobridge.connect.stores import ReturnTo, binding_cookie_name
 from amobridge.errors import ServiceError
@@ -32,7 +33,9 @@ class CallbackService:
         self, params: dict[str, str], cookies: Mapping[str, str] | None = None
     ) -> CallbackOutcome:
         """``cookies``: the browser's; a state bound to a browser needs its cookie (the state
-        stays unused without it, so that browser can still finish)."""
+        stays unused without it, so that browser can still finish). That browser coming back
+        with a state that connected (a reload of the success page) is shown the connection as
+        it is now, and nothing is exchanged again."""
         state = params.get("state") or ""
         if not state:
             return CallbackOutcome(False, "state_missing")
@@ -40,6 +43,9 @@ class CallbackService:
         async with self.connect.db.transaction() as session:
             consumed = await self.connect.states.consume(session, state=state, cookie=cookie)
             record = consumed.record
+            shown: StatusRow | None = None
+            if consumed.completed and record is not None:
+                shown = await self.connect.connections(session).status_of(record.owner)
             credentials: Credentials | None = None
             if consumed.problem is None and record is not None and record.flow == "button":
                 taken = await self.connect.button_secrets.take(session, state=state)
@@ -55,7 +61,13 @@ class CallbackService:
             "owner": record.owner if record else None,
             "return_to": record.return_to if record else "web",
             "app_redirect": record.app_redirect if record else None,
+            "lang": record.lang if record else None,
+            "return_url": record.return_url if record else None,
         }
+        if shown is not None and shown.status == "active" and shown.has_tokens:
+            return CallbackOutcome(
+                True, "connected", host=shown.host, account_id=shown.account_id, **base
+            )
         if consumed.problem is not None or record is None:
             return await self._failed(f"state_{consumed.problem or 'unknown'}", **base)
         if params.get("error"):
@@ -71,18 +83,12 @@ class CallbackService:
             return await self._failed("code_missing", **base)
         try:
             connection = await self._connect_with_code(
-                record.owner, code, params.get("referer") or "", credentials
+                record.owner, code, params.get("referer") or "", credentials, state=state
             )
         except ConnectFailure as failure:
             return await self._failed(failure.code, detail=failure.detail, **base)
         return CallbackOutcome(
-            True,
-            "connected",
-            owner=record.owner,
-            host=connection.host,
-            account_id=connection.account_id,
-            return_to=record.return_to,
-            app_redirect=record.app_redirect,
+            True, "connected", host=connection.host, account_id=connection.account_id, **base
         )
 
     async def exchange_code_for(self, owner: str, code: str, referer: str) -> Connection:
@@ -100,7 +106,13 @@ class CallbackService:
             raise ServiceError(detail, status_code=status, code=failure.code) from None
 
     async def _connect_with_code(
-        self, owner: str, code: str, referer: str, credentials: Credentials
+        self,
+        owner: str,
+        code: str,
+        referer: str,
+        credentials: Credentials,
+        *,
+        state: str | None = None,
     ) -> Connection:
         try:
             domain = parse_account_domain(referer)
@@ -122,7 +134,7 @@ class CallbackService:
         except AmoError as exc:
             await self._audit_failure(owner, "connect", str(exc))
             raise ConnectFailure("amocrm_unavailable", str(exc)) from None
-        return await self._store(owner, tokens, credentials, action="connect")
+        return await self._store(owner, tokens, credentials, action="connect", state=state)
 
     async def _store(
         self,
@@ -132,11 +144,16 @@ class CallbackService:
         *,
         action: str,
         long_lived: bool = False,
+        state: str | None = None,
     ) -> Connection:
+        """Store the connection; ``state``, the one that led here, is marked in the same unit."""
         async with self.connect.db.transaction() as session:
-            return await self.connect.save_connection(
+            connection = await self.connect.save_connection(
                 session, owner, tokens, credentials, action=action, long_lived=long_lived
             )
+            if state is not None:
+                await self.connect.states.succeeded(session, state=state)
+            return connection
 
     async def _audit_failure(self, owner: str, action: str, error: str) -> None:
         async with self.connect.db.transaction() as session:
@@ -152,6 +169,8 @@ class CallbackService:
         return_to: ReturnTo,
         app_redirect: str | None,
         detail: str | None = None,
+        lang: str | None = None,
+        return_url: str | None = None,
     ) -> CallbackOutcome:
         if owner is not None and code not in ("exchange_failed", "amocrm_unavailable"):
             await self._audit_failure(owner, "connect", f"{code}: {detail or PROBLEMS[code][1]}")
@@ -162,4 +181,6 @@ class CallbackService:
             return_to=return_to,
             app_redirect=app_redirect,
             detail=detail,
+            lang=lang,
+            return_url=return_url,
         )

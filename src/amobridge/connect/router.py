@@ -3,17 +3,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 
 from amobridge.audit import AuditRepository
 from amobridge.auth.dependencies import BrowserPrincipal, CurrentPrincipal
 from amobridge.connect.callback import CallbackService
+from amobridge.connect.pages import (
+    LangQuery,
+    ReturnUrlQuery,
+    outcome_page,
+    page_language,
+    render,
+    start_language,
+)
 from amobridge.connect.problems import PROBLEMS, CallbackOutcome
 from amobridge.connect.schemas import (
     AUTH_ERRORS,
@@ -56,7 +62,6 @@ from amobridge.connect.stores import (
 from amobridge.dependencies import WriteSession
 from amobridge.errors import Forbidden, ServiceError
 
-templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 router = APIRouter(tags=["connect"])
 
 # What a route that takes credentials can be refused with (besides its own errors).
@@ -148,6 +153,8 @@ async def auth(
     return_: ReturnQuery = "web",
     redirect: RedirectQuery = None,
     format: FormatQuery = "redirect",
+    return_url: ReturnUrlQuery = None,
+    lang: LangQuery = None,
 ) -> Response:
     """302 to amoCRM's consent page (or ``{"url"}`` with ``format=json`` for host backends that
     hand the URL to a browser). ``return=app`` ends on a deep-link page for mobile apps.
@@ -157,12 +164,15 @@ async def auth(
     first is bound, then sent on to amoCRM."""
     who = principal.owner_for(owner)
     secret = new_binding_secret()
+    chosen = start_language(request, lang)
     if format == "json":
         state = await svc.redirect_state(
             session,
             who,
             return_to=return_,
             app_redirect=redirect,
+            return_url=return_url,
+            lang=chosen,
             browser_binding=link_binding(secret),
         )
         query = urlencode({"state": state, "handle": secret})
@@ -173,6 +183,8 @@ async def auth(
         who,
         return_to=return_,
         app_redirect=redirect,
+        return_url=return_url,
+        lang=chosen,
         browser_binding=cookie_binding(secret),
     )
     response = RedirectResponse(svc.consent_url(state), status_code=302)
@@ -238,14 +250,19 @@ async def connect_page(
     owner: OwnerQuery = None,
     return_: ReturnQuery = "web",
     redirect: RedirectQuery = None,
+    return_url: ReturnUrlQuery = None,
+    lang: LangQuery = None,
 ) -> Response:
     who = principal.owner_for(owner)
     token = new_binding_secret()
+    chosen = start_language(request, lang)
     state = await svc.button_state(
         session,
         who,
         return_to=return_,
         app_redirect=redirect,
+        return_url=return_url,
+        lang=chosen,
         browser_binding=cookie_binding(token),
     )
     amo = svc.settings.amo
@@ -259,10 +276,11 @@ async def connect_page(
         "state": state,
         "script_url": amo.button_script_url,
     }
-    page = templates.TemplateResponse(
+    page = render(
         request,
         "connect.html",
-        {"lang": "ru", "button": button, "ttl_minutes": int(svc.states.ttl.total_seconds() // 60)},
+        page_language(request),
+        {"button": button, "ttl_minutes": int(svc.states.ttl.total_seconds() // 60)},
     )
     _bind_browser(page, request, svc, state, token)
     return page
@@ -327,52 +345,20 @@ async def callback(
     params = {k: v for k, v in request.query_params.items() if isinstance(v, str)}
     outcome = await flow.callback(params, request.cookies)
     response = render_outcome(request, svc, outcome)
-    if state and outcome.code != "state_wrong_browser":
+    token = request.cookies.get(binding_cookie_name(state)) if state else None
+    if state and outcome.ok and token:
+        # Kept as long as the state's row: a reload of this page shows the connection.
+        _bind_browser(response, request, svc, state, token)
+    elif state and outcome.code != "state_wrong_browser":
         # The state is spent (or never was ours): its binding cookie has no use left.
         response.delete_cookie(binding_cookie_name(state), **_cookie_flags(request, svc))
     return response
 
 
 def render_outcome(request: Request, svc: ConnectService, outcome: CallbackOutcome) -> Response:
-    if outcome.return_to == "app" and outcome.app_redirect:
-        query: dict[str, Any] = {"status": "success" if outcome.ok else "error"}
-        if outcome.ok:
-            query.update({"domain": outcome.host, "account_id": outcome.account_id})
-        else:
-            query["error"] = outcome.code
-        sep = "&" if "?" in outcome.app_redirect else "?"
-        deep_link = outcome.app_redirect + sep + urlencode(query)
-        detail = "" if outcome.ok else PROBLEMS[outcome.code][0]
-        return templates.TemplateResponse(
-            request,
-            "deeplink.html",
-            {
-                "lang": "ru",
-                "deep_link": deep_link,
-                "status": query["status"],
-                "detail": detail,
-                "app_name": "app",
-            },
-            status_code=200 if outcome.ok else 400,
-        )
-    if outcome.ok:
-        return templates.TemplateResponse(
-            request, "success.html", {"lang": "ru", "host": outcome.host, "return_url": None}
-        )
-    title, why, fix = PROBLEMS[outcome.code]
-    return templates.TemplateResponse(
-        request,
-        "error.html",
-        {
-            "lang": "ru",
-            "title": title,
-            "detail": f"{why} {outcome.detail or ''}".strip(),
-            "fix": fix,
-            "code": outcome.code,
-            "retry_url": None,
-        },
-        status_code=400,
-    )
+    """The page a flow ends on, in the language it started with (see
+    :mod:`amobridge.connect.pages`)."""
+    return outcome_page(request, outcome)
 
 
 @router.post(

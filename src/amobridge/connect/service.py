@@ -48,7 +48,7 @@ from amobridge.connect.repository import (
 from amobridge.connect.status_cache import StatusCache
 from amobridge.connect.stores import ButtonSecretStore, Flow, ReturnTo, StateStore
 from amobridge.errors import NotFound, ServiceError, Unauthorized
-from amobridge.settings import Settings
+from amobridge.settings import Settings, parse_return_url, return_url_allowed
 from amobridge.storage.crypto import Keyring
 from amobridge.storage.db import Database
 from amobridge.storage.tables import Connection
@@ -135,6 +135,31 @@ class ConnectService:
             )
         return app_redirect
 
+    def check_return_url(self, return_url: str | None) -> str | None:
+        """Where a ``return=web`` success page may send the browser back to: a URL under one of
+        ``AMOBRIDGE_CONNECT__RETURN_URLS`` (same origin, the path within the prefix's), never
+        anywhere else — the service must not be an open redirect."""
+        if return_url is None:
+            return None
+        allowed = self.settings.connect.return_urls
+        if not allowed:
+            raise ServiceError(
+                "return_url is not accepted: no return URLs are allowed "
+                "(set AMOBRIDGE_CONNECT__RETURN_URLS to the host app's URL prefixes)",
+                code="return_url_not_allowed",
+            )
+        try:
+            parse_return_url(return_url)
+        except ValueError as exc:
+            raise ServiceError(f"return_url {exc}", code="return_url_not_allowed") from None
+        if not return_url_allowed(return_url, allowed):
+            raise ServiceError(
+                "return_url is not allowed: it must start with one of "
+                "AMOBRIDGE_CONNECT__RETURN_URLS (same origin, within its path)",
+                code="return_url_not_allowed",
+            )
+        return return_url
+
     async def start(
         self,
         session: AsyncSession,
@@ -158,11 +183,21 @@ class ConnectService:
         return_to: ReturnTo = "web",
         app_redirect: str | None = None,
         browser_binding: str | None = None,
+        return_url: str | None = None,
+        lang: str | None = None,
     ) -> str:
-        """A fresh single-use state for the redirect flow (see :meth:`StateStore.issue`)."""
+        """A fresh single-use state for the redirect flow (see :meth:`StateStore.issue` and
+        :meth:`_issue`)."""
         self._credentials()
         return await self._issue(
-            session, owner, "redirect", return_to, app_redirect, browser_binding
+            session,
+            owner,
+            "redirect",
+            return_to,
+            app_redirect,
+            browser_binding,
+            return_url=return_url,
+            lang=lang,
         )
 
     def consent_url(self, state: str) -> str:
@@ -194,8 +229,19 @@ class ConnectService:
         return_to: ReturnTo = "web",
         app_redirect: str | None = None,
         browser_binding: str | None = None,
+        return_url: str | None = None,
+        lang: str | None = None,
     ) -> str:
-        return await self._issue(session, owner, "button", return_to, app_redirect, browser_binding)
+        return await self._issue(
+            session,
+            owner,
+            "button",
+            return_to,
+            app_redirect,
+            browser_binding,
+            return_url=return_url,
+            lang=lang,
+        )
 
     async def _issue(
         self,
@@ -205,9 +251,26 @@ class ConnectService:
         return_to: ReturnTo,
         app_redirect: str | None,
         browser_binding: str | None,
+        *,
+        return_url: str | None = None,
+        lang: str | None = None,
     ) -> str:
+        """``return=app`` ends at the app's deep link (``app_redirect``, an allowed scheme);
+        ``return=web`` may end by sending the browser back to ``return_url`` — for which
+        ``app_redirect`` (the ``redirect`` parameter) is the older name. ``lang``: the page
+        language the flow's pages keep (None: each page asks the browser)."""
         if return_to == "app":
+            if return_url is not None:
+                raise ServiceError(
+                    "return_url is for return=web; a return=app flow ends at the app's deep "
+                    "link (redirect)"
+                )
             app_redirect = self.check_app_redirect(app_redirect or self._default_app_redirect())
+        else:
+            if app_redirect is not None and return_url is not None and app_redirect != return_url:
+                raise ServiceError("give return_url or its older name redirect, not both")
+            return_url = self.check_return_url(return_url or app_redirect)
+            app_redirect = None
         return await self.states.issue(
             session,
             owner=owner,
@@ -215,6 +278,8 @@ class ConnectService:
             return_to=return_to,
             app_redirect=app_redirect,
             browser_binding=browser_binding,
+            lang=lang,
+            return_url=return_url,
         )
 
     async def accept_secrets(self, session: AsyncSession, body: bytes, content_type: str) -> None:

@@ -15,6 +15,11 @@ carries a one-time handle instead (the row keeps ``handle:<its SHA-256>``); :met
 trades it, once, for a cookie token when a browser opens the link. A state issued with no binding
 (before bindings existed, or for a flow no browser takes part in) is accepted as before.
 
+A state that connected the account is marked (:meth:`StateStore.succeeded`) and kept one more
+lifetime: the browser holding its cookie that comes back with it (a reload of the success page)
+is told so (:attr:`ConsumedState.completed`) — still without a second use of the state — while
+any other browser gets ``used``.
+
 Button secrets (``POST /amocrm/secrets``) are accepted only for a live, unused state we issued for
 the button flow, stored encrypted, taken (deleted) once by the callback, and purged after expiry.
 """
@@ -54,12 +59,17 @@ class StateRecord:
     return_to: str
     app_redirect: str | None
     expires_at: datetime
+    lang: str | None = None
+    return_url: str | None = None
 
 
 @dataclass(frozen=True)
 class ConsumedState:
     record: StateRecord | None
     problem: StateProblem | None = None
+    # With problem "used": the state connected the account and this is the browser bound to
+    # it, back within the state's window — a reload of the success page.
+    completed: bool = False
 
 
 def _now() -> datetime:
@@ -178,8 +188,11 @@ class StateStore:
         return_to: ReturnTo = "web",
         app_redirect: str | None = None,
         browser_binding: str | None = None,
+        lang: str | None = None,
+        return_url: str | None = None,
     ) -> str:
-        """A new state; ``browser_binding`` is :func:`cookie_binding` or :func:`link_binding`."""
+        """A new state; ``browser_binding`` is :func:`cookie_binding` or :func:`link_binding`;
+        ``lang`` and ``return_url`` are for the pages at the flow's end."""
         state = self._signer.new()
         OAuthStateRepository(session).add(
             OAuthState(
@@ -191,6 +204,8 @@ class StateStore:
                 created_at=_now(),
                 expires_at=_now() + self.ttl,
                 browser_binding=browser_binding,
+                lang=lang,
+                return_url=return_url,
             )
         )
         return state
@@ -236,6 +251,8 @@ class StateStore:
         repo = OAuthStateRepository(session)
         row = await repo.get(state_id(state))
         judged = self._judge(row)
+        if judged.problem == "used" and row is not None and _reloaded(row, cookie):
+            return ConsumedState(judged.record, "used", completed=True)
         if judged.problem is not None:
             return judged
         if row is not None and row.browser_binding and not _holds(row.browser_binding, cookie):
@@ -246,10 +263,24 @@ class StateStore:
         # Say why, for the error page: never seen, expired or already used.
         return self._judge(await repo.get(state_id(state)), consuming=True)
 
+    async def succeeded(self, session: AsyncSession, *, state: str) -> None:
+        """The callback connected the account with ``state`` (consumed): mark it, and keep the
+        row one more lifetime from now so the bound browser can reload the success page."""
+        now = _now()
+        await OAuthStateRepository(session).succeed(state_id(state), now=now, until=now + self.ttl)
+
     def _judge(self, row: OAuthState | None, *, consuming: bool = False) -> ConsumedState:
         if row is None:
             return ConsumedState(None, "unknown")
-        record = StateRecord(row.owner, row.flow, row.return_to, row.app_redirect, row.expires_at)
+        record = StateRecord(
+            row.owner,
+            row.flow,
+            row.return_to,
+            row.app_redirect,
+            row.expires_at,
+            row.lang,
+            row.return_url,
+        )
         if row.used_at is not None:
             return ConsumedState(record, "used")
         if row.expires_at <= _now():
@@ -260,6 +291,17 @@ class StateStore:
 
     async def purge_expired(self, session: AsyncSession) -> int:
         return await OAuthStateRepository(session).purge(before=_now())
+
+
+def _reloaded(row: OAuthState, cookie: str | None) -> bool:
+    """A used state coming back from the browser it is bound to, after it connected the
+    account and within its window: that browser reloading the success page."""
+    return (
+        row.succeeded_at is not None
+        and row.expires_at > _now()
+        and bool(row.browser_binding)
+        and _holds(row.browser_binding or "", cookie)
+    )
 
 
 class ButtonSecretStore:
@@ -318,11 +360,22 @@ class OAuthStateRepository(Repository[OAuthState]):
                 OAuthState.return_to,
                 OAuthState.app_redirect,
                 OAuthState.expires_at,
+                OAuthState.lang,
+                OAuthState.return_url,
             )
             .execution_options(synchronize_session=False)
         )
         row = result.first()
         return None if row is None else StateRecord(*row)
+
+    async def succeed(self, sid: str, *, now: datetime, until: datetime) -> None:
+        """Mark a consumed state as the one that connected its account, kept until ``until``."""
+        await self.session.execute(
+            update(OAuthState)
+            .where(OAuthState.id == sid, OAuthState.used_at.is_not(None))
+            .values(succeeded_at=now, expires_at=until)
+            .execution_options(synchronize_session=False)
+        )
 
     async def rebind(self, sid: str, *, old: str, new: str) -> bool:
         """Replace a link handle's binding by a browser's, if no one did it first."""

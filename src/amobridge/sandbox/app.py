@@ -173,30 +173,11 @@ async def _catch_all(request: Request) -> Response:
     return _not_found(request)
 
 
-_INDEX = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>amobridge sandbox</title>
-<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem}
-code{background:#f3f3f3;padding:0 .2em}</style></head>
-<body><h1>amobridge sandbox</h1>
-<p>A local amoCRM for tests and demos: OAuth, API v4, webhooks, rate limits, faults.</p>
-<ul>
-<li><a href="/_sandbox/health">/_sandbox/health</a> &mdash; is it up, how many accounts</li>
-<li><a href="/_sandbox/accounts">/_sandbox/accounts</a> &mdash; accounts, users, pipelines
-(control API; may need the control token)</li>
-<li><a href="/_sandbox/integrations">/_sandbox/integrations</a> &mdash; integrations and their
-redirect URIs</li>
-<li><code>/oauth?client_id=&hellip;&amp;state=&hellip;</code> &mdash; the consent page</li>
-<li><code>/api/v4/&hellip;</code> with <code>Host: {subdomain}.amocrm.ru</code> &mdash; the API</li>
-</ul>
-<p>Every route is described in <code>docs/sandbox.md</code>.</p>
-</body></html>
-"""
-
-
 async def _index(request: Request) -> Response:
-    return HTMLResponse(_INDEX)
+    """Where things are, in the page's language (``?lang=``, ``Accept-Language``)."""
+    from amobridge.sandbox.oauth.pages import page, page_language
+
+    return page("index.html", lang=page_language(request))
 
 
 def _routes() -> list[BaseRoute]:

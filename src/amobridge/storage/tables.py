@@ -137,6 +137,13 @@ class OAuthState(Base):
     # The browser that started the flow: the SHA-256 of the cookie it holds, or "handle:<sha256>"
     # until a ``format=json`` link is first opened; NULL for a state no browser is bound to.
     browser_binding: Mapped[str | None] = mapped_column(String(80))
+    # The pages at the flow's end: the language it started with (ru | en; NULL: the browser's),
+    # and where a return=web success sends the browser back to (an allow-listed URL).
+    lang: Mapped[str | None] = mapped_column(String(8))
+    return_url: Mapped[str | None] = mapped_column(Text)
+    # When the callback connected the account: the binding browser's reload shows the success
+    # again (expires_at is then moved one lifetime on, so the row stays that long).
+    succeeded_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_oauth_states_expires_at", "expires_at"),)
 

@@ -8,10 +8,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from amobridge import __version__
+from amobridge.connect.pages import index_page, prefers_html
 from amobridge.services import Services
 from amobridge.settings import Settings
 from amobridge.web.docs import install_docs
@@ -100,9 +101,11 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         response_model=ServiceIndex,
         responses={200: {"content": {"application/json": {"example": INDEX_EXAMPLE}}}},
     )
-    async def index(request: Request) -> dict[str, str]:
+    async def index(request: Request) -> Response:
+        """JSON for programs; a browser (HTML ranked above JSON in ``Accept``) gets the
+        same as a page in its language (``?lang=``, ``Accept-Language``)."""
         root = request.scope.get("root_path", "")
-        return {
+        links = {
             "service": "amobridge",
             "version": __version__,
             "docs": f"{root}/docs",
@@ -112,6 +115,9 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
             "connect": f"{root}/amocrm/auth?owner=…",
             "status": f"{root}/amocrm/status?owner=…",
         }
+        if prefers_html(request.headers.get("accept")):
+            return index_page(request, links)
+        return JSONResponse(links)
 
     @app.get(
         "/healthz",

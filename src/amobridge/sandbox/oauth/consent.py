@@ -2,7 +2,8 @@
 account-host form by setting); Allow/Deny post back with a single-use nonce and land on the
 integration's ``redirect_uri``: plain navigation, ``mode=popup`` through the opener,
 ``mode=post_message`` as a message to the opener. A metadata button (no ``client_id``) creates
-its integration on Allow (:mod:`amobridge.sandbox.oauth.button`).
+its integration on Allow (:mod:`amobridge.sandbox.oauth.button`). The page, and what answers
+its form, speak the language the page was shown in (``?lang=``, else ``Accept-Language``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from amobridge.i18n import Lang, Texts
 from amobridge.sandbox.control import consent_redirect
 from amobridge.sandbox.http import resolve_host
 from amobridge.sandbox.oauth.button import (
@@ -23,7 +25,7 @@ from amobridge.sandbox.oauth.button import (
     button_metadata,
     install_from_button,
 )
-from amobridge.sandbox.oauth.pages import error_page, not_found_page, page
+from amobridge.sandbox.oauth.pages import error_page, not_found_page, page, page_language
 from amobridge.sandbox.oauth.urls import origin_of, with_query
 from amobridge.sandbox.state import Account, Integration, platform_of
 
@@ -31,13 +33,8 @@ if TYPE_CHECKING:
     from amobridge.sandbox.app import Sandbox
 
 MODES = ("popup", "post_message")
-SCOPE_LABELS = {
-    "crm": "Доступ к данным аккаунта: сделки, контакты, компании, задачи",
-    "files": "Доступ к файлам",
-    "files_delete": "Удаление файлов",
-    "notifications": "Уведомления в аккаунте",
-    "push_notifications": "Push-уведомления",
-}
+SCOPES = ("crm", "files", "files_delete", "notifications", "push_notifications")
+"""Scopes the consent page names in words (``sandbox.scope.<scope>`` in the catalogue)."""
 CONSENT_TTL = 3600
 """Sandbox seconds a consent page stays answerable (its nonce expires after that)."""
 MAX_PENDING_CONSENTS = 10_000
@@ -55,6 +52,7 @@ class PendingConsent:
     origin: str | None
     error_callback: bool
     account_ids: list[int] = field(default_factory=list)
+    lang: Lang = "ru"
 
 
 def _authorize_host(sandbox: Sandbox, request: Request) -> tuple[bool, Account | None]:
@@ -124,7 +122,7 @@ async def consent(request: Request) -> Response:
     sandbox: Sandbox = request.app.state.sandbox
     served, host_account = _authorize_host(sandbox, request)
     if not served:
-        return not_found_page()
+        return not_found_page(page_language(request))
     if request.method == "POST":
         return await _consent_answer(request, sandbox)
     return _consent_page(request, sandbox, host_account)
@@ -132,6 +130,8 @@ async def consent(request: Request) -> Response:
 
 def _consent_page(request: Request, sandbox: Sandbox, host_account: Account | None) -> Response:
     query = request.query_params
+    lang = page_language(request)
+    t = Texts(lang)
     client_id = query.get("client_id", "").strip() or None
     integration: Integration | None = None
     meta: ButtonMetadata | None = None
@@ -140,8 +140,9 @@ def _consent_page(request: Request, sandbox: Sandbox, host_account: Account | No
         if integration is None:
             return error_page(
                 400,
-                "Интеграция не найдена",
-                "Интеграция с таким client_id не существует. Проверьте параметр client_id.",
+                t.plain("sandbox.error.no_integration"),
+                t.plain("sandbox.error.no_integration_why"),
+                lang=lang,
             )
     elif any(query.get(k) for k in ("name", "redirect_uri", "secrets_uri")):
         try:
@@ -155,9 +156,14 @@ def _consent_page(request: Request, sandbox: Sandbox, host_account: Account | No
                 logo=query.get("logo"),
             )
         except ValueError as exc:
-            return error_page(400, "Некорректная кнопка", str(exc))
+            return error_page(400, t.plain("sandbox.error.bad_button"), str(exc), lang=lang)
     else:
-        return error_page(400, "Некорректный запрос", "Не передан параметр client_id.")
+        return error_page(
+            400,
+            t.plain("sandbox.error.bad_request"),
+            t.plain("sandbox.error.no_client_id"),
+            lang=lang,
+        )
 
     accounts = sorted(sandbox.state.accounts.values(), key=lambda a: a.id)
     if host_account is not None:
@@ -175,19 +181,24 @@ def _consent_page(request: Request, sandbox: Sandbox, host_account: Account | No
         origin=origin_of(query.get("origin", "")),
         error_callback=query.get("error_callback") == "1",
         account_ids=[a.id for a in accounts],
+        lang=lang,
     )
     nonce = _store_consent(sandbox, pending)
     selected = _preselect(request, accounts)
     scopes = integration.scopes if integration is not None else (meta.scopes if meta else [])
     return page(
         "consent.html",
+        lang=lang,
         nonce=nonce,
         action=request.url.path,
         create=meta is not None,
         name=integration.name if integration is not None else (meta.name if meta else ""),
         description=meta.description if meta else "",
         logo=meta.logo if meta else None,
-        scopes=[{"code": s, "label": SCOPE_LABELS.get(s, s)} for s in scopes],
+        scopes=[
+            {"code": s, "label": t.plain(f"sandbox.scope.{s}") if s in SCOPES else s}
+            for s in scopes
+        ],
         accounts=[
             {"id": a.id, "name": a.name, "host": a.host, "selected": a.id == selected}
             for a in accounts
@@ -207,14 +218,20 @@ async def _consent_answer(request: Request, sandbox: Sandbox) -> Response:
     form = await _form(request)
     pending = _take_consent(sandbox, form.get("nonce", ""))
     if pending is None:
+        lang = page_language(request)
+        t = Texts(lang)
         return error_page(
-            400,
-            "Страница устарела",
-            "Эта страница согласия уже использована или устарела. Откройте её заново.",
+            400, t.plain("sandbox.error.stale"), t.plain("sandbox.error.stale_why"), lang=lang
         )
+    lang, t = pending.lang, Texts(pending.lang)
     integration = sandbox.state.integrations.get(pending.client_id) if pending.client_id else None
     if pending.client_id is not None and integration is None:
-        return error_page(400, "Интеграция не найдена", "Интеграция была удалена.")
+        return error_page(
+            400,
+            t.plain("sandbox.error.no_integration"),
+            t.plain("sandbox.error.integration_deleted"),
+            lang=lang,
+        )
     redirect_uri = (
         integration.redirect_uri
         if integration
@@ -232,7 +249,12 @@ async def _consent_answer(request: Request, sandbox: Sandbox) -> Response:
     account_id = _int(form.get("account_id"))
     account = sandbox.state.accounts.get(account_id) if account_id is not None else None
     if account is None or account.id not in pending.account_ids:
-        return error_page(400, "Аккаунт не выбран", "Выберите аккаунт из списка.")
+        return error_page(
+            400,
+            t.plain("sandbox.error.no_account"),
+            t.plain("sandbox.error.no_account_why"),
+            lang=lang,
+        )
 
     if integration is not None:
         code, url = consent_redirect(sandbox, integration, account, pending.state)
@@ -242,7 +264,7 @@ async def _consent_answer(request: Request, sandbox: Sandbox) -> Response:
         try:
             installed = await install_from_button(sandbox, account, pending.meta, pending.state)
         except ButtonInstallError as exc:
-            return error_page(502, "Не удалось установить интеграцию", str(exc))
+            return error_page(502, t.plain("sandbox.error.install_failed"), str(exc), lang=lang)
         code, url, client_id = (
             installed.code,
             installed.redirect_url,
@@ -279,4 +301,4 @@ def _finish(
         "message": message,
         "target_origin": target_origin,
     }
-    return page("finish.html", data=data, url=url, denied=denied)
+    return page("finish.html", lang=pending.lang, data=data, url=url, denied=denied)

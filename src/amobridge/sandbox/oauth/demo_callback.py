@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response
 
-from amobridge.sandbox.oauth.pages import page
+from amobridge.sandbox.oauth.pages import page, page_language
 
 if TYPE_CHECKING:
     from amobridge.sandbox.app import Sandbox
@@ -29,6 +29,7 @@ async def demo_callback(request: Request) -> Response:
     integration = sandbox.state.integrations.get(params.get("client_id", ""))
     return page(
         "demo_callback.html",
+        lang=page_language(request),
         params=params,
         base=base,
         referer=referer,

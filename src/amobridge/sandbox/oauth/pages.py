@@ -1,5 +1,9 @@
-"""The HTML the OAuth side answers with: Jinja pages (consent, finish, error, demo landing) and
-the packaged static files (the button script)."""
+"""The HTML the OAuth side answers with: Jinja pages (consent, finish, error, demo landing, the
+index) and the packaged static files (the button script).
+
+Each page speaks one language (:func:`page_language`: ``?lang=ru|en``, then the browser's
+``Accept-Language``, else Russian, as amoCRM's own pages default to); its texts come from the
+catalogue in :mod:`amobridge.i18n`."""
 
 from __future__ import annotations
 
@@ -8,7 +12,10 @@ from importlib import resources
 from typing import Any
 
 import jinja2
+from starlette.requests import Request
 from starlette.responses import HTMLResponse
+
+from amobridge.i18n import DEFAULT_LANGUAGE, Lang, Texts, choose_language
 
 
 @functools.cache
@@ -20,17 +27,29 @@ def _templates() -> jinja2.Environment:
     )
 
 
-def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    html = _templates().get_template(template).render(**context)
-    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+def page_language(request: Request) -> Lang:
+    return choose_language(request.query_params.get("lang"), request.headers.get("accept-language"))
 
 
-def error_page(status: int, title: str, message: str) -> HTMLResponse:
-    return page("error.html", status, title=title, message=message, http_status=status)
+def page(
+    template: str, status: int = 200, *, lang: Lang = DEFAULT_LANGUAGE, **context: Any
+) -> HTMLResponse:
+    html = _templates().get_template(template).render(**context, lang=lang, t=Texts(lang))
+    headers = {"Cache-Control": "no-store", "Vary": "Accept-Language"}
+    return HTMLResponse(html, status_code=status, headers=headers)
 
 
-def not_found_page() -> HTMLResponse:
-    return error_page(404, "404 Not Found", "Страница не найдена.")
+def error_page(
+    status: int, title: str, message: str, *, lang: Lang = DEFAULT_LANGUAGE
+) -> HTMLResponse:
+    return page("error.html", status, lang=lang, title=title, message=message, http_status=status)
+
+
+def not_found_page(lang: Lang = DEFAULT_LANGUAGE) -> HTMLResponse:
+    t = Texts(lang)
+    return error_page(
+        404, t.plain("sandbox.error.not_found"), t.plain("sandbox.error.not_found_why"), lang=lang
+    )
 
 
 @functools.cache
