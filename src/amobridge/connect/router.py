@@ -140,7 +140,13 @@ def _bind_browser(
             403,
             409,
             422,
-            codes=(*_CALLER_ERRORS, "redirect_not_allowed", "api_key_in_url", "not_configured"),
+            codes=(
+                *_CALLER_ERRORS,
+                "redirect_not_allowed",
+                "api_key_in_url",
+                "not_configured",
+                "return_url_not_allowed",
+            ),
         ),
     },
 )
@@ -238,7 +244,16 @@ async def auth_continue(
     responses={
         200: html_page("The page with amoCRM's website button", HTML_BUTTON_EXAMPLE),
         **error_responses(
-            400, 401, 403, 422, codes=(*_CALLER_ERRORS, "redirect_not_allowed", "api_key_in_url")
+            400,
+            401,
+            403,
+            422,
+            codes=(
+                *_CALLER_ERRORS,
+                "redirect_not_allowed",
+                "api_key_in_url",
+                "return_url_not_allowed",
+            ),
         ),
     },
 )

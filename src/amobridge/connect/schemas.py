@@ -246,6 +246,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "owner_required": (400, "owner is required (query parameter or body field 'owner')"),
     "invalid_owner": (400, "owner must not contain control characters"),
     "redirect_not_allowed": (400, "redirect scheme 'https' is not allowed; allowed: myapp"),
+    "return_url_not_allowed": (
+        400,
+        "return_url https://evil.example/ is not allowed: AMOBRIDGE_CONNECT__RETURN_URLS lists "
+        "https://admin.example.com/amocrm",
+    ),
     "invalid_domain": (
         400,
         "account not found: use your subdomain, e.g. acme.amocrm.ru (not an amoCRM/Kommo host "
@@ -621,8 +626,8 @@ CONNECT_LINK_EXAMPLE = {
 
 
 HTML_SUCCESS_EXAMPLE = (
-    '<!doctype html><html lang="ru"><head><title>AmoCRM подключен!</title></head>'
-    "<body><h1>AmoCRM подключен!</h1><p>mycompany.amocrm.ru</p></body></html>"
+    '<!doctype html><html lang="ru"><head><title>amoCRM подключён</title></head>'
+    "<body><h1>amoCRM подключён</h1><p>mycompany.amocrm.ru</p></body></html>"
 )
 HTML_ERROR_EXAMPLE = (
     '<!doctype html><html lang="ru"><head><title>The link has expired</title></head>'
