@@ -92,6 +92,23 @@ async def test_an_error_page_links_back_to_try_again(allowed: Any) -> None:
     assert 'id="continue"' not in page.text
 
 
+async def test_a_used_json_link_ends_in_the_flows_language_with_a_way_back(allowed: Any) -> None:
+    """The link a host backend hands out (format=json), opened a second time: the error page is
+    in the language the flow started with and links back to the host app, like the callback's."""
+    started = await _start(allowed, return_url=BACK, format="json", lang="en")
+    link = started.json()["url"]
+    assert (await allowed.http.get(link)).status_code == 302
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=allowed.app), base_url=str(allowed.http.base_url)
+    ) as other:
+        again = await other.get(link, headers={"Accept-Language": "ru"})
+    assert again.status_code == 400
+    assert 'data-error="state_link_used"' in again.text
+    assert '<html lang="en"' in again.text
+    retry = _link(again, "retry")
+    assert dict(retry.params) == {"tab": "crm", "status": "error", "error": "state_link_used"}
+
+
 @pytest.mark.parametrize(
     "url",
     [

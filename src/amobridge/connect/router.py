@@ -230,7 +230,14 @@ async def auth_continue(
                 owner=bound.record.owner,
                 error=f"{code}: {PROBLEMS[code][1]}",
             )
-        return render_outcome(request, svc, CallbackOutcome(False, code))
+        record = bound.record
+        outcome = CallbackOutcome(
+            False,
+            code,
+            lang=record.lang if record is not None else None,
+            return_url=record.return_url if record is not None else None,
+        )
+        return render_outcome(request, svc, outcome)
     response = RedirectResponse(svc.consent_url(state), status_code=302)
     if bound.token is not None:
         _bind_browser(response, request, svc, state, bound.token)
