@@ -266,3 +266,33 @@ async def _drop_catalogue(stack: Any) -> None:
     async with stack.services.db.transaction() as session:
         row = await stack.services.connections(session).for_owner(OWNER)
         await CatalogueRepository(session).forget(row.id)
+
+
+async def test_a_new_contact_found_in_amocrm_is_adopted_and_completed(stack: Any) -> None:
+    await connected(stack)
+    client = await _client(stack)
+    from amobridge.amo.models.contacts import ContactCreate
+    from amobridge.amo.models.custom_fields import email_field
+
+    (made,) = await client.contacts.create(
+        [ContactCreate(name="Анна", custom_fields_values=[email_field("Anna@Example.com")])]
+    )
+    created = await stack.http.post(
+        "/contacts",
+        json={"owner": OWNER, "name": "Анна", "email": "anna@example.com", "phone": "89001112233"},
+        headers=stack.app_headers(),
+    )
+    assert created.status_code == 201
+    await drain(stack)
+    assert [c.id for c in live_contacts(stack)] == [made.id]
+    shown = await stack.http.get(
+        f"/contacts/{created.json()['id']}", params={"owner": OWNER}, headers=stack.app_headers()
+    )
+    assert (shown.json()["state"], shown.json()["amo_id"]) == ("synced", made.id)
+    phones = [
+        v["value"]
+        for item in live_contacts(stack)[0].custom_fields_values
+        if item["field_code"] == "PHONE"
+        for v in item["values"]
+    ]
+    assert phones == ["+79001112233"]  # what amoCRM lacked was pushed to it

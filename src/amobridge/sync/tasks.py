@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from amobridge.amo.client import AmoClient
 from amobridge.amo.errors import (
     AmoAmbiguousWrite,
@@ -49,7 +51,7 @@ from amobridge.amo.finders import find_contacts_by_email, find_contacts_by_phone
 from amobridge.amo.models.contacts import Contact as AmoContact
 from amobridge.amo.models.custom_fields import CustomField
 from amobridge.amo.models.leads import Lead as AmoLead
-from amobridge.amo.phones import phone_search_terms
+from amobridge.amo.phones import normalize_email, normalize_phone, phone_search_terms
 from amobridge.connect.clients import ConnectionDisconnected
 from amobridge.connect.repository import ConnectionRepository
 from amobridge.jobs import Job, JobContext, JobHandlers, outcome_for
@@ -464,31 +466,38 @@ class SyncTasks:
                 return found.id
             rows = await contacts.by_ids([item.contact.id], for_update=True)
             row = rows.get(item.contact.id)
-            if row is None:
-                return found.id
-            ours_emails, ours_phones = list(row.emails or []), list(row.phones or [])
-            amo_bodies.absorb_contact(row, found, self.settings.sync.phone_region)
-            _pushed(row, item.contact_version, amo_updated_at=_amo_time(found.updated_at))
-            theirs_emails = {e.lower() for e in found.emails}
-            missing = []
-            if any(email not in theirs_emails for email in ours_emails):
-                missing.append("emails")
-            found_phones = set(found.phones)
-            if any(phone not in found_phones for phone in ours_phones):
-                missing.append("phones")
-            if missing:
-                mark_dirty(row, missing)
-                await self.queue.enqueue(
-                    session,
-                    kind=kinds.CONTACT_UPDATE,
-                    payload={"contact_id": row.id},
-                    owner=row.owner,
-                    connection_id=row.connection_id,
-                    ordering_key=f"contact:{row.id}",
-                    dedup_key=kinds.update_dedup_key(kinds.CONTACT_UPDATE, row.id),
-                )
+            if row is not None:
+                await self._absorb(session, row, found, item.contact_version)
             item.contact.amo_id = found.id
         return found.id
+
+    async def _absorb(
+        self, session: AsyncSession, row: Contact, found: AmoContact, version: int
+    ) -> None:
+        """``row`` is ``found`` in amoCRM: take its id and details; what amoCRM lacks of ours
+        (an e-mail, a phone) is pushed by an update job."""
+        region = self.settings.sync.phone_region
+        ours_emails, ours_phones = list(row.emails or []), list(row.phones or [])
+        amo_bodies.absorb_contact(row, found, region)
+        _pushed(row, version, amo_updated_at=_amo_time(found.updated_at))
+        theirs_emails = {normalize_email(e) for e in found.emails}
+        theirs_phones = {normalize_phone(p, region) for p in found.phones}
+        missing = []
+        if any(email not in theirs_emails for email in ours_emails):
+            missing.append("emails")
+        if any(phone not in theirs_phones for phone in ours_phones):
+            missing.append("phones")
+        if missing:
+            mark_dirty(row, missing)
+            await self.queue.enqueue(
+                session,
+                kind=kinds.CONTACT_UPDATE,
+                payload={"contact_id": row.id},
+                owner=row.owner,
+                connection_id=row.connection_id,
+                ordering_key=f"contact:{row.id}",
+                dedup_key=kinds.update_dedup_key(kinds.CONTACT_UPDATE, row.id),
+            )
 
     async def _send_creates(
         self, context: JobContext, client: AmoClient, marker: CustomField, items: list[_Item]
@@ -748,8 +757,7 @@ class SyncTasks:
                     other = await repo.by_amo_id(connection.id, found.id)
                     if row is None or (other is not None and other.id != row.id):
                         continue  # another local contact is that one already
-                    amo_bodies.absorb_contact(row, found, self.settings.sync.phone_region)
-                    _pushed(row, version, amo_updated_at=_amo_time(found.updated_at))
+                    await self._absorb(session, row, found, version)
             for job, _, _, found in adopted:
                 context.succeed(job, {"amo_id": found.id, "found": True})
         while send:
