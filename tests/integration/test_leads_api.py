@@ -417,3 +417,23 @@ async def test_contacts_api(stack: Any) -> None:
         f"/contacts/{contact['id']}", params={"owner": "user-x"}, headers=headers
     )
     assert other.status_code == 404
+
+
+async def test_concurrent_posts_with_one_key_or_one_external_id_store_one_lead(stack: Any) -> None:
+    import asyncio
+
+    await connected(stack)
+    await post_lead(stack, {"name": "warm the catalogue"})
+    key = {"Idempotency-Key": "race"}
+    same_key = await asyncio.gather(
+        *(post_lead(stack, {"name": "K"}, headers=key) for _ in range(4))
+    )
+    assert {r.status_code for r in same_key} == {201}
+    assert len({r.json()["id"] for r in same_key}) == 1
+    same_external = await asyncio.gather(
+        *(post_lead(stack, {"name": "E", "external_id": "race-1"}) for _ in range(4))
+    )
+    assert sorted(r.status_code for r in same_external) == [200, 200, 200, 201]
+    assert len({r.json()["id"] for r in same_external}) == 1
+    await drain(stack)
+    assert sorted(lead.name for lead in live_leads(stack)) == ["E", "K", "warm the catalogue"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from leads_support import (
     OWNER,
     connected,
@@ -90,6 +91,7 @@ async def test_mirror_authoritative_skips_the_amocrm_search(stack: Any) -> None:
     assert len(live_contacts(stack)) == 1
 
 
+@pytest.mark.slow
 async def test_creates_are_batched_fifty_per_complex_request(stack: Any) -> None:
     await connected(stack)
     made = [(await post_lead(stack, {"name": f"lead {i}"})).json()["id"] for i in range(120)]
