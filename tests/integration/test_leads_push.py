@@ -298,3 +298,29 @@ async def test_a_new_contact_found_in_amocrm_is_adopted_and_completed(stack: Any
         for v in item["values"]
     ]
     assert phones == ["+79001112233"]  # what amoCRM lacked was pushed to it
+
+
+async def test_a_crash_between_sending_and_committing_is_reconciled(
+    stack: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    await connected(stack)
+    lead = (await post_lead(stack, {"name": "sent, not recorded"})).json()
+    tasks = stack.services.sync_tasks
+    real = tasks._created
+
+    async def die(*args: Any, **kwargs: Any) -> None:
+        monkeypatch.setattr(tasks, "_created", real)
+        raise asyncio.CancelledError  # the process stops after amoCRM answered, before commit
+
+    monkeypatch.setattr(tasks, "_created", die)
+    with pytest.raises(asyncio.CancelledError):
+        await drain(stack)
+    (in_amo,) = live_leads(stack)
+    assert (await get_lead(stack, lead["id"])).json()["amo_id"] is None
+    await drain(stack)  # the job, handed back, runs again: it finds the lead by its marker
+    assert [lead.id for lead in live_leads(stack)] == [in_amo.id]
+    assert len(await requests_to(stack, "/api/v4/leads/complex")) == 1
+    shown = (await get_lead(stack, lead["id"])).json()
+    assert (shown["state"], shown["amo_id"]) == ("synced", in_amo.id)
