@@ -1,6 +1,7 @@
 """Fault injection: make the sandbox fail the way amoCRM and the network fail.
 
-A rule matches requests by method, path prefix, account and client, fires for the next ``count``
+A rule matches requests by method, path prefix, query parameters (``{"page": "2"}``: each named
+parameter has that value), account and client, fires for the next ``count``
 matches (or forever) with a ``probability``, and does one thing:
 
 - ``error``: answer ``status`` (500 by default; 502/504 as nginx HTML pages, others as JSON problems);
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -33,6 +35,7 @@ _FIELDS = {
     "path_prefix",
     "account_id",
     "client_id",
+    "query",
     "count",
     "probability",
     "phase",
@@ -53,6 +56,7 @@ class FaultRule:
     path_prefix: str | None = None
     account_id: int | None = None
     client_id: str | None = None
+    query: dict[str, str] | None = None
     count: int | None = None
     probability: float = 1.0
     phase: Phase = "before"
@@ -116,6 +120,12 @@ class FaultInjector:
         for name in ("method", "path_prefix", "client_id"):
             if spec.get(name) is not None and not isinstance(spec[name], str):
                 raise FaultSpecError(f"{name} must be a string")
+        query = spec.get("query")
+        if query is not None and (
+            not isinstance(query, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in query.items())
+        ):
+            raise FaultSpecError('query must be an object of strings, e.g. {"page": "2"}')
         phase = spec.get("phase", "before")
         if phase not in ("before", "after"):
             raise FaultSpecError("phase must be 'before' or 'after'")
@@ -131,6 +141,7 @@ class FaultInjector:
             path_prefix=spec.get("path_prefix"),
             account_id=account_id,
             client_id=spec.get("client_id"),
+            query=dict(query) if query else None,
             count=count,
             probability=probability,
             phase=phase,
@@ -151,6 +162,7 @@ class FaultInjector:
         path: str,
         account_id: int | None,
         client_id: str | None,
+        query: Mapping[str, str] | None = None,
     ) -> FaultRule | None:
         """The first live rule for this request and phase; counts it as fired."""
         if not self._rules:
@@ -165,6 +177,10 @@ class FaultInjector:
             if rule.account_id is not None and rule.account_id != account_id:
                 continue
             if rule.client_id is not None and rule.client_id != client_id:
+                continue
+            if rule.query is not None and (
+                query is None or any(query.get(k) != v for k, v in rule.query.items())
+            ):
                 continue
             if rule.probability < 1 and self._random.random() >= rule.probability:
                 continue

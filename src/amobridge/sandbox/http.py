@@ -343,6 +343,7 @@ async def _run_api(
         path=record.path,
         account_id=account_id,
         client_id=client_id,
+        query=request.query_params,
     )
     if rule is not None and rule.kind != "slow":
         record.fault = rule.kind
@@ -382,6 +383,7 @@ async def _run_api(
         path=record.path,
         account_id=account.id,
         client_id=token.client_id,
+        query=request.query_params,
     )
     if after is not None:
         record.fault = f"{after.kind}-after"

@@ -36,6 +36,7 @@ async def with_faults(
         path=request.url.path,
         account_id=account_id,
         client_id=client_id,
+        query=request.query_params,
     )
     if rule is not None and rule.kind == "slow":
         record.fault = "slow"
@@ -57,6 +58,7 @@ async def with_faults(
         path=request.url.path,
         account_id=record.account_id,
         client_id=record.client_id,
+        query=request.query_params,
     )
     if after is None:
         return response
