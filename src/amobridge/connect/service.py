@@ -26,6 +26,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -54,6 +55,11 @@ from amobridge.storage.db import Database
 from amobridge.storage.tables import Connection
 
 log = logging.getLogger("amobridge.connect")
+
+# Called inside the unit of work where a connection became active (connected, re-connected or
+# imported) or is about to be disconnected (before its tokens are erased): other features queue
+# their work there (the webhook subscription), in the same commit, never calling amoCRM.
+ConnectionHook = Callable[[AsyncSession, Connection], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,8 @@ class ConnectService:
         self.button_secrets = button_secrets
         self.clients = clients
         self.statuses = statuses or StatusCache(settings.amo.connection_check_ms / 1000)
+        self.on_connected: list[ConnectionHook] = []
+        self.on_disconnecting: list[ConnectionHook] = []
 
     def connections(self, session: AsyncSession) -> ConnectionRepository:
         return ConnectionRepository(session, self.keyring)
@@ -381,6 +389,8 @@ class ConnectService:
             connection_id=connection.id,
             message=f"connected {host}" + (f" (account {account_id})" if account_id else ""),
         )
+        for hook in self.on_connected:
+            await hook(session, connection)
         await self.clients.forget(connection.id)
         log.info("connection %s: %s connected %s", connection.id, action, host)
         return connection
@@ -508,7 +518,12 @@ class ConnectService:
         }
 
     async def disconnect(self, session: AsyncSession, owner: str, *, actor: str) -> None:
-        row = await self.connections(session).disconnect(owner)
+        connections = self.connections(session)
+        found = await connections.for_owner(owner)
+        if found is not None and found.status != "disconnected":
+            for hook in self.on_disconnecting:
+                await hook(session, found)
+        row = await connections.disconnect(owner)
         if row is None:
             raise NotFound("no amoCRM connection for this owner", code="connection_not_found")
         AuditRepository(session).record(
