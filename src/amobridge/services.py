@@ -34,6 +34,8 @@ from amobridge.connect.tasks import ConnectTasks
 from amobridge.connect.token_store import DatabaseTokenStore
 from amobridge.errors import ConfigurationError
 from amobridge.jobs import JobHandlers, JobQueue, JobWorker
+from amobridge.notify.service import NotifyService
+from amobridge.notify.tasks import NotifyTasks
 from amobridge.settings import Environment, Settings
 from amobridge.storage.crypto import Keyring, load_or_create_dev_key
 from amobridge.storage.db import Database
@@ -44,13 +46,10 @@ from amobridge.storage.tables import Connection
 from amobridge.sync.catalogue import CatalogueService
 from amobridge.sync.service import SyncService
 from amobridge.sync.tasks import SyncTasks
-from amobridge.webhooks.service import WebhookService
-from amobridge.webhooks.tasks import WebhookTasks
 
 log = logging.getLogger("amobridge.services")
 
 HOUSEKEEPING_INTERVAL = 60.0
-NOTIFY_INTERVAL = 5.0
 
 
 def data_dir(settings: Settings) -> Path:
@@ -94,25 +93,12 @@ class Services:
     # The lead API and its push handlers (registered in job_handlers).
     sync: SyncService
     sync_tasks: SyncTasks
+    # Events to the host app: emitted by the features in their units, delivered by jobs.
+    notify: NotifyService
+    notify_tasks: NotifyTasks
     job_worker: JobWorker | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: bool = False
-    # amoCRM's webhooks into the mirror, and their jobs (built from the graph above).
-    webhooks: WebhookService = field(init=False)
-    webhook_tasks: WebhookTasks = field(init=False)
-
-    def __post_init__(self) -> None:
-        # The webhook inbox hears of every connection that becomes active or is disconnected
-        # (inside that unit of work: its subscribe or unsubscribe job commits with it).
-        self.webhooks = WebhookService(
-            self.settings, self.db, keyring=self.keyring, queue=self.jobs
-        )
-        self.webhook_tasks = WebhookTasks(
-            self.db, keyring=self.keyring, service=self.webhooks, clients=self.clients
-        )
-        self.webhook_tasks.register(self.job_handlers)
-        self.connect.on_connected.append(self.webhooks.on_connected)
-        self.connect.on_disconnecting.append(self.webhooks.on_disconnecting)
 
     @classmethod
     def build(
@@ -121,7 +107,9 @@ class Services:
         db = Database(settings.database.url)
         keyring = build_keyring(settings)
         store = DatabaseTokenStore(db, keyring)
-        reauth = ReauthService(settings, db, keyring)
+        jobs, handlers = JobQueue(settings.jobs), JobHandlers()
+        notify = NotifyService(settings, keyring=keyring, queue=jobs)
+        reauth = ReauthService(settings, db, keyring, events=notify)
         amo = settings.amo
         limiter: RateLimitBackend | None = (
             DatabaseRateLimiter(db, amo.rate_limit_rps)
@@ -150,18 +138,22 @@ class Services:
             states=states,
             button_secrets=button_secrets,
             clients=clients,
+            events=notify,
         )
         tasks = ConnectTasks(
             settings, db, keyring, clients=clients, states=states, button_secrets=button_secrets
         )
         auth = AuthService(db, settings.security)
-        jobs, handlers = JobQueue(settings.jobs), JobHandlers()
         catalogues = CatalogueService(
             db, clients, timedelta(seconds=settings.sync.catalogue_ttl_seconds)
         )
         sync = SyncService(settings, db, keyring=keyring, catalogues=catalogues, queue=jobs)
-        sync_tasks = SyncTasks(settings, db, keyring=keyring, catalogues=catalogues, queue=jobs)
+        sync_tasks = SyncTasks(
+            settings, db, keyring=keyring, catalogues=catalogues, queue=jobs, events=notify
+        )
         sync_tasks.register(handlers)
+        notify_tasks = NotifyTasks(settings, db, service=notify, http=clients.http)
+        notify_tasks.register(handlers)
         return cls(
             settings,
             db,
@@ -177,6 +169,8 @@ class Services:
             job_handlers=handlers,
             sync=sync,
             sync_tasks=sync_tasks,
+            notify=notify,
+            notify_tasks=notify_tasks,
         )
 
     def connections(self, session: AsyncSession) -> ConnectionRepository:
@@ -216,7 +210,6 @@ class Services:
         run = self.settings.server.run_workers if workers is None else workers
         if run:
             self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
-            self._tasks.append(asyncio.create_task(self._notifications(), name="notifications"))
             self.job_worker = self.new_job_worker()
             self.job_worker.start()
         self.started = True
@@ -227,23 +220,13 @@ class Services:
             try:
                 await self.connect_tasks.purge_expired()
                 await self.connect_tasks.keepalive(older_than=keepalive)
-                await self.webhook_tasks.housekeeping()
                 await self.sync.purge_idempotency_keys()
+                await self.notify_tasks.purge()
             except StorageUnavailable as exc:  # one line, not a traceback a minute
                 log.warning("housekeeping paused: %s", exc.detail)
             except Exception:  # a bad round must not end housekeeping; it is logged
                 log.exception("housekeeping round failed")
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
-
-    async def _notifications(self) -> None:
-        while True:
-            try:
-                await self.connect_tasks.deliver_notifications()
-            except StorageUnavailable as exc:
-                log.warning("host notifications paused: %s", exc.detail)
-            except Exception:  # e.g. the database is briefly unavailable: next round retries
-                log.exception("host notification round failed")
-            await asyncio.sleep(NOTIFY_INTERVAL)
 
     async def stop(self) -> None:
         if self.job_worker is not None:  # first: running handlers finish or hand their jobs back
@@ -255,7 +238,6 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        await self.webhooks.batcher.aclose()  # deliveries not yet written get 503
         await self.auth.aclose()
         await self.clients.aclose()
         await self.db.dispose()

@@ -347,10 +347,68 @@ class MobileSettings(_Group):
 
 
 class HooksSettings(_Group):
+    """The reauth callback of earlier versions: an endpoint of the events outbox that gets
+    ``connection.reauth_required`` only, in its old body and with its old signature header."""
+
     reauth_callback_url: WebUrl | None = Field(
         None, description="POSTed (signed) when a connection needs re-authorization."
     )
     reauth_callback_secret: SecretStr | None = None
+
+
+def _event_secret(value: object) -> object:
+    """A Standard Webhooks secret: ``whsec_`` and base64 of 24 to 64 random bytes. The value is
+    not repeated in the error."""
+    if isinstance(value, SecretStr | str):
+        import base64
+        import binascii
+
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        text = raw.strip().removeprefix("whsec_")
+        try:
+            size = len(base64.b64decode(text + "=" * (-len(text) % 4), validate=True))
+        except (binascii.Error, ValueError):
+            size = 0
+        if not 24 <= size <= 64:
+            raise ValueError(
+                "must be whsec_ followed by base64 of 24 to 64 random bytes, e.g. the output "
+                'of: echo "whsec_$(openssl rand -base64 32)"'
+            )
+    return value
+
+
+class EventsSettings(_Group):
+    """Events to the host app (docs/sync.md, "Events to the host app"): the endpoint named here,
+    besides those added through ``POST /event-subscriptions``."""
+
+    url: WebUrl | None = Field(
+        None, description="The host app's endpoint every event (or those of TYPES) is POSTed to."
+    )
+    secret: Annotated[SecretStr | None, AfterValidator(_event_secret)] = Field(
+        None, description="Its Standard Webhooks signing secret, whsec_…; required with URL."
+    )
+    types: CommaList = Field(
+        default_factory=list,
+        description="The event types URL gets (lead.created, lead.* …); empty: all.",
+    )
+    max_attempts: int = Field(
+        8, ge=1, le=50, description="Attempts of a delivery before it is failed."
+    )
+    timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="How long one POST may take before it counts as failed."
+    )
+    retention_days: int = Field(
+        30, ge=1, le=3650, description="How long events whose deliveries are done are kept."
+    )
+
+    @model_validator(mode="after")
+    def _secret_with_url(self) -> EventsSettings:
+        if self.url is not None and self.secret is None:
+            raise ValueError(
+                "AMOBRIDGE_EVENTS__SECRET is required with AMOBRIDGE_EVENTS__URL: every "
+                'event is signed (make one with: echo "whsec_$(openssl rand -base64 32)")'
+            )
+        return self
 
 
 class JobsSettings(_Group):
@@ -442,37 +500,6 @@ class SyncSettings(_Group):
     )
 
 
-class WebhooksSettings(_Group):
-    """amoCRM's webhooks into the mirror (``POST /webhooks/amocrm/{secret}``)."""
-
-    auto_subscribe: bool = Field(
-        True,
-        description="Subscribe a connection's webhook through amoCRM's API when it becomes "
-        "active (and unsubscribe it when it is disconnected); false: add it by hand.",
-    )
-    check_interval_seconds: int = Field(
-        3600,
-        ge=60,
-        le=7 * 86_400,
-        description="How often each active connection's subscription is checked in amoCRM, and "
-        "restored when amoCRM disabled or removed it.",
-    )
-    dedup_window_seconds: int = Field(
-        86_400,
-        ge=0,
-        le=30 * 86_400,
-        description="A body received again for the same connection within this time is a "
-        "redelivery: stored as a duplicate, applied once (0: no deduplication).",
-    )
-    retention_days: int = Field(
-        30,
-        ge=1,
-        le=3650,
-        description="How long processed and duplicate deliveries are kept (failed ones stay "
-        "until replayed or this much older).",
-    )
-
-
 class Settings(BaseSettings):
     """All of amobridge's settings. Build with :func:`load_settings` to get a readable error."""
 
@@ -496,8 +523,8 @@ class Settings(BaseSettings):
     connect: ConnectSettings = ConnectSettings()
     mobile: MobileSettings = MobileSettings()
     hooks: HooksSettings = HooksSettings()
+    events: EventsSettings = EventsSettings()
     jobs: JobsSettings = JobsSettings()
-    webhooks: WebhooksSettings = WebhooksSettings()
     sync: SyncSettings = SyncSettings()
     proxy: ProxySettings = ProxySettings()
     sandbox: SandboxSettings = SandboxSettings()
@@ -557,9 +584,7 @@ _NUMERIC_LIMITS = frozenset(
         "handler_timeout_seconds",
         "resume_seconds",
         "shutdown_grace_seconds",
-        "check_interval_seconds",
-        "dedup_window_seconds",
-        "retention_days",
+        "timeout_seconds",
     }
 )
 

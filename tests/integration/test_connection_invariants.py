@@ -8,7 +8,8 @@ Each test here reproduces a defect the service core had:
   wrote tokens into the disconnected row;
 - ``issued_at`` was not stored, so a fresh short-lived token was refreshed at once;
 - the keep-alive pass stopped at the first ``TokenLockTimeout``;
-- the host app's reauth callback was an inline POST on the caller's path, never retried.
+- the host app's reauth callback was an inline POST on the caller's path, never retried (it is
+  now an endpoint of the events outbox: a delivery job, retried, each attempt logged).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from amobridge.audit import AuditRepository
 from amobridge.connect.clients import ConnectionDisconnected
 from amobridge.connect.repository import SaveRefused
 from amobridge.connect.token_store import TokenLockTimeout, TokenSaveRefused
+from amobridge.jobs import JobWorker
 from amobridge.services import Services
-from amobridge.storage.tables import Connection, HostNotification
+from amobridge.storage.tables import Connection, Event, EventDelivery
 
 
 async def _row(services: Services, owner: str) -> Connection:
@@ -84,7 +86,7 @@ async def test_a_disconnect_reaches_every_process_and_stays_disconnected(
     assert row.access_token_enc is None
     async with stack.services.db.read() as session:
         assert await AuditRepository(session).tail(owner="u", action="reauth_required") == []
-        assert list(await session.scalars(select(HostNotification))) == []
+        assert list(await session.scalars(select(Event))) == []
 
 
 async def test_a_reconnect_elsewhere_is_picked_up_by_the_cached_client(
@@ -309,6 +311,21 @@ async def host_app(
         await services.stop()
 
 
+async def _deliver(services: Services, *, ahead: timedelta | None = None) -> int:
+    """One round of the job worker (its clock ``ahead`` of this one's): the jobs it ran."""
+    clock = (lambda: datetime.now(UTC) + ahead) if ahead else None
+    worker = JobWorker(
+        services.db,
+        services.jobs,
+        services.job_handlers,
+        services.settings.jobs,
+        clients=services.clients,
+        services=services,
+        clock=clock,
+    )
+    return len(await worker.run_once())
+
+
 async def test_reauth_callback_is_signed_and_sent_once_per_dead_grant(
     database_url: str, sandbox_app: Any, control: httpx.AsyncClient
 ) -> None:
@@ -320,8 +337,8 @@ async def test_reauth_callback_is_signed_and_sent_once_per_dead_grant(
             with pytest.raises(AmoReauthRequired):
                 await client.account.get()
         assert host.received == []  # queued, never POSTed on the caller's path
-        assert await host.services.connect_tasks.deliver_notifications() == 1
-        assert await host.services.connect_tasks.deliver_notifications() == 0  # delivered once
+        assert await _deliver(host.services) == 1
+        assert await _deliver(host.services) == 0  # delivered once
     assert len(host.received) == 1  # once per dead grant, not once per failed call
     body = host.received[0].content
     payload = json.loads(body)
@@ -341,17 +358,21 @@ async def test_reauth_callback_is_queued_retried_and_audited(
             await client.account.get()
         assert host.received == []  # the caller did not wait for the host app
 
-        assert await services.connect_tasks.deliver_notifications() == 0  # 500: retry later
-        assert await services.connect_tasks.deliver_notifications() == 0  # not due yet
-        async with services.db.transaction() as session:
-            row = (await session.scalars(select(HostNotification))).one()
-            assert (row.status, row.attempts, row.last_error) == ("pending", 1, "HTTP 500")
-            assert row.next_attempt_at > datetime.now(UTC)
-            row.next_attempt_at = datetime.now(UTC)  # the retry comes due
-        assert await services.connect_tasks.deliver_notifications() == 1
+        assert await _deliver(services) == 1  # 500: retry later
+        assert await _deliver(services) == 0  # not due yet
         async with services.db.read() as session:
-            row = (await session.scalars(select(HostNotification))).one()
-            assert (row.status, row.attempts) == ("delivered", 2)
+            row = (await session.scalars(select(EventDelivery))).one()
+            assert (row.state, row.attempts, row.last_error) == ("pending", 1, "HTTP 500")
+            assert row.next_attempt_at is not None
+            assert row.next_attempt_at > datetime.now(UTC)
+        assert await _deliver(services, ahead=timedelta(minutes=1)) == 1  # the retry is due
+        async with services.db.read() as session:
+            row = (await session.scalars(select(EventDelivery))).one()
+            assert (row.state, row.attempts, row.subscription_id) == (
+                "delivered",
+                2,
+                "legacy-reauth",
+            )
             audit = await AuditRepository(session).tail(owner="o", action="reauth_callback")
         assert [e.success for e in reversed(audit)] == [False, True]
         assert len(host.received) == 2

@@ -30,10 +30,8 @@ from amobridge.storage.crypto import Keyring
 from amobridge.storage.repository import Repository
 from amobridge.storage.tables import (
     Connection,
-    HostNotification,
     Integration,
     UsedHookSignature,
-    utcnow,
 )
 
 REFRESH_LIFETIME = timedelta(days=90)
@@ -395,71 +393,6 @@ class ConnectionRepository(Repository[Connection]):
         row.refresh_lease_holder = None
         row.last_refresh_at = now
         row.token_version = (row.token_version or 0) + 1
-
-
-class NotificationRepository(Repository[HostNotification]):
-    """The queue of events for the host app's callback URL."""
-
-    model = HostNotification
-
-    def enqueue(
-        self, *, event: str, owner: str | None, connection_id: str | None, payload: dict[str, Any]
-    ) -> HostNotification:
-        return self.add(
-            HostNotification(
-                event=event,
-                owner=owner,
-                connection_id=connection_id,
-                payload=payload,
-                status="pending",
-                attempts=0,
-                next_attempt_at=utcnow(),
-            )
-        )
-
-    async def due(self, *, now: datetime, limit: int = 20) -> list[HostNotification]:
-        rows = await self.session.scalars(
-            select(HostNotification)
-            .where(HostNotification.status == "pending", HostNotification.next_attempt_at <= now)
-            .order_by(HostNotification.next_attempt_at)
-            .limit(limit)
-        )
-        return list(rows)
-
-    async def claim(self, row: HostNotification, *, until: datetime) -> bool:
-        """Take one delivery attempt (one conditional UPDATE: two processes never both send)."""
-        result = await self.session.execute(
-            update(HostNotification)
-            .where(
-                HostNotification.id == row.id,
-                HostNotification.status == "pending",
-                HostNotification.attempts == row.attempts,
-            )
-            .values(attempts=row.attempts + 1, next_attempt_at=until)
-            .execution_options(synchronize_session=False)
-        )
-        return bool(getattr(result, "rowcount", 0))
-
-    async def delivered(self, notification_id: int, *, at: datetime) -> None:
-        await self.session.execute(
-            update(HostNotification)
-            .where(HostNotification.id == notification_id)
-            .values(status="delivered", delivered_at=at, last_error=None)
-            .execution_options(synchronize_session=False)
-        )
-
-    async def failed(self, notification_id: int, *, error: str, retry_at: datetime | None) -> None:
-        values: dict[str, object] = {"last_error": error[:2000]}
-        if retry_at is None:
-            values["status"] = "failed"
-        else:
-            values["next_attempt_at"] = retry_at
-        await self.session.execute(
-            update(HostNotification)
-            .where(HostNotification.id == notification_id)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
 
 
 class ConnectionListRepository(Repository[Connection]):

@@ -300,15 +300,25 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "state_invalid": (403, "state is expired: nothing stored"),
     "not_found": (404, "no such route or file: the routes are listed in /openapi.json"),
     "connection_not_found": (404, "no amoCRM connection for this owner"),
-    "webhook_not_found": (
+    # Events to the host app, /event-subscriptions and /event-deliveries.
+    "event_subscription_not_found": (
         404,
-        "no webhook at this URL: its secret is unknown or its connection was disconnected "
-        "(nothing was stored)",
+        "no event subscription '6c1f0e3c9a7d4e2f8c6b1a0d9e8f7a6b'",
     ),
-    "delivery_not_found": (404, "no webhook delivery 1042 for owner 'user-42'"),
-    "account_mismatch": (
-        403,
-        "the body's account[id] is not the connected account's (nothing was stored)",
+    "event_delivery_not_found": (404, "no event delivery 1042"),
+    "subscription_in_settings": (
+        409,
+        "subscription 'settings' comes from AMOBRIDGE_EVENTS__URL: unset it there and restart "
+        "the service",
+    ),
+    "delivery_pending": (
+        409,
+        "event delivery 1042 is pending already: its job sends it (see job 2087)",
+    ),
+    "delivery_cancelled": (
+        409,
+        "event delivery 1042 was cancelled with its subscription: there is no endpoint to send "
+        "it to",
     ),
     "method_not_allowed": (405, "PUT is not allowed on this route: use GET"),
     "conflict": (409, "the request conflicts with the current state: read it again and retry"),

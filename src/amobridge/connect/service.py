@@ -26,10 +26,9 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -54,12 +53,10 @@ from amobridge.storage.crypto import Keyring
 from amobridge.storage.db import Database
 from amobridge.storage.tables import Connection
 
-log = logging.getLogger("amobridge.connect")
+if TYPE_CHECKING:
+    from amobridge.notify import NotifyService
 
-# Called inside the unit of work where a connection became active (connected, re-connected or
-# imported) or is about to be disconnected (before its tokens are erased): other features queue
-# their work there (the webhook subscription), in the same commit, never calling amoCRM.
-ConnectionHook = Callable[[AsyncSession, Connection], Awaitable[None]]
+log = logging.getLogger("amobridge.connect")
 
 
 @dataclass(frozen=True)
@@ -89,6 +86,7 @@ class ConnectService:
         states: StateStore,
         button_secrets: ButtonSecretStore,
         clients: ConnectionClients,
+        events: NotifyService,
         statuses: StatusCache | None = None,
     ) -> None:
         self.settings = settings
@@ -97,9 +95,8 @@ class ConnectService:
         self.states = states
         self.button_secrets = button_secrets
         self.clients = clients
+        self.events = events
         self.statuses = statuses or StatusCache(settings.amo.connection_check_ms / 1000)
-        self.on_connected: list[ConnectionHook] = []
-        self.on_disconnecting: list[ConnectionHook] = []
 
     def connections(self, session: AsyncSession) -> ConnectionRepository:
         return ConnectionRepository(session, self.keyring)
@@ -389,8 +386,6 @@ class ConnectService:
             connection_id=connection.id,
             message=f"connected {host}" + (f" (account {account_id})" if account_id else ""),
         )
-        for hook in self.on_connected:
-            await hook(session, connection)
         await self.clients.forget(connection.id)
         log.info("connection %s: %s connected %s", connection.id, action, host)
         return connection
@@ -518,12 +513,9 @@ class ConnectService:
         }
 
     async def disconnect(self, session: AsyncSession, owner: str, *, actor: str) -> None:
-        connections = self.connections(session)
-        found = await connections.for_owner(owner)
-        if found is not None and found.status != "disconnected":
-            for hook in self.on_disconnecting:
-                await hook(session, found)
-        row = await connections.disconnect(owner)
+        before = await self.connections(session).for_owner(owner)
+        was_connected = before is not None and before.status != "disconnected"
+        row = await self.connections(session).disconnect(owner)
         if row is None:
             raise NotFound("no amoCRM connection for this owner", code="connection_not_found")
         AuditRepository(session).record(
@@ -534,8 +526,26 @@ class ConnectService:
             connection_id=row.id,
             message=f"disconnected {row.host}",
         )
+        if was_connected:  # a second disconnect is no news
+            await self._disconnected(session, row, by="api")
         # This process forgets at once; the others see the row's status at their next check.
         await self.clients.forget(row.id)
+
+    async def _disconnected(self, session: AsyncSession, row: Connection, *, by: str) -> None:
+        """``connection.disconnected`` for the host app, in the disconnect's unit of work."""
+        await self.events.emit(
+            session,
+            "connection.disconnected",
+            owner=row.owner,
+            connection_id=row.id,
+            data={
+                "owner": row.owner,
+                "connection_id": row.id,
+                "domain": row.host,
+                "by": by,
+                "fix": f"{self.public_url}/amocrm/auth?{urlencode({'owner': row.owner})}",
+            },
+        )
 
     async def uninstall(
         self, session: AsyncSession, account_id: str, client_uuid: str, signature: str
@@ -600,6 +610,7 @@ class ConnectService:
                 connection_id=row.id,
                 message=f"amoCRM reported the integration disabled in {row.host}",
             )
+            await self._disconnected(session, row, by="amocrm")
             await self.clients.forget(row.id)
         return Uninstalled(len(rows))
 

@@ -21,7 +21,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     String,
     Text,
@@ -115,11 +114,7 @@ class Connection(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     refresh_lease_until: Mapped[datetime | None]
     refresh_lease_holder: Mapped[str | None] = mapped_column(String(64))
-    # The URL secret of the connection's webhook (POST /webhooks/amocrm/{secret}): its SHA-256,
-    # which an arriving webhook is looked up by, and the secret itself encrypted, so the
-    # subscription's destination can be built again. NULL until the connection first needs one.
-    webhook_secret_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
-    webhook_secret_enc: Mapped[str | None] = mapped_column(Text)
+    webhook_secret: Mapped[str] = mapped_column(String(64), unique=True, default=new_id)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -248,29 +243,101 @@ class RateLimitSlot(Base):
     __table_args__ = (Index("ix_rate_limits_lease_holder", "lease_holder"),)
 
 
-class HostNotification(Base):
-    """An event for the host app (today: a connection needs re-authorization), delivered to its
-    callback URL by the housekeeping worker with retries, never on the caller's path."""
+# --- events to the host app (notify) -------------------------------------------------------------
 
-    __tablename__ = "host_notifications"
+# The states of one event's delivery to one endpoint (``event_deliveries.state``).
+EVENT_DELIVERY_STATES = ("pending", "delivered", "failed", "cancelled")
+
+
+class EventSubscription(Base):
+    """An endpoint of the host app that events are POSTed to, added through the admin API (the
+    one of ``AMOBRIDGE_EVENTS__URL`` lives in the settings, not here). ``secret_enc``: its
+    signing secret, Fernet ciphertext like the tokens. ``types``: the event types it wants
+    (``lead.*`` for a family); None for all."""
+
+    __tablename__ = "event_subscriptions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    url: Mapped[str] = mapped_column(Text)
+    secret_enc: Mapped[str] = mapped_column(Text)
+    types: Mapped[list[str] | None] = mapped_column(JSON)
+    description: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Event(Base):
+    """Something that changed, written in the unit of work of the change itself (the
+    transactional outbox): it exists if and only if the change committed. ``id`` is the
+    ``webhook-id`` every delivery of it carries."""
+
+    __tablename__ = "events"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str | None] = mapped_column(String(255))
+    connection_id: Mapped[str | None] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_events_created_at", "created_at"),)
+
+
+class EventDelivery(Base):
+    """One event to one endpoint, sent by a ``notify.deliver`` job (``job_id``): ``pending``
+    until the endpoint answers 2xx (``delivered``), ``failed`` once the job is out of attempts,
+    ``cancelled`` when its subscription was deleted. ``subscription_id`` is an
+    ``event_subscriptions`` id, or ``settings`` / ``legacy-reauth`` for the endpoints the
+    settings name. Type and owner are copied from the event so the log filters on them."""
+
+    __tablename__ = "event_deliveries"
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
-    event: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("events.id", ondelete="CASCADE"), index=True
+    )
+    event_type: Mapped[str] = mapped_column(String(64))
     owner: Mapped[str | None] = mapped_column(String(255))
-    connection_id: Mapped[str | None] = mapped_column(String(32))
-    payload: Mapped[dict[str, Any]]
-    status: Mapped[str] = mapped_column(
-        String(16), default="pending"
-    )  # pending | delivered | failed
+    subscription_id: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    job_id: Mapped[int | None] = mapped_column(BigInteger)
+    last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     delivered_at: Mapped[datetime | None]
 
-    __table_args__ = (Index("ix_host_notifications_status_next", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_event_deliveries_state_id", "state", "id"),
+        Index("ix_event_deliveries_event_type_id", "event_type", "id"),
+        Index("ix_event_deliveries_subscription_id_state", "subscription_id", "state"),
+    )
+
+
+class EventDeliveryAttempt(Base):
+    """The delivery log: one row per POST to the host app — its HTTP status (None when none
+    came), how long it took, and an excerpt of what went wrong. Never a secret or a signature."""
+
+    __tablename__ = "event_delivery_attempts"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    delivery_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("event_deliveries.id", ondelete="CASCADE"),
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_event_delivery_attempts_delivery_id_id", "delivery_id", "id"),)
 
 
 class StorageMarker(Base):
@@ -492,72 +559,3 @@ class Job(Base):
             sqlite_where=_ACTIVE_JOB,
         ),
     )
-
-
-# --- the webhook inbox ------------------------------------------------------------------------
-
-# The states of a delivery (``webhook_deliveries.state``); see ``amobridge.webhooks``.
-WEBHOOK_DELIVERY_STATES = ("received", "processed", "failed", "duplicate")
-
-
-class WebhookDelivery(Base):
-    """One webhook body amoCRM POSTed, stored raw before it was answered, then applied to the
-    mirror. ``body_hash`` (SHA-256 of the body) finds a redelivery: that one is kept as a row
-    of its own in state ``duplicate`` (``duplicate_of`` the first, no body of its own) and never
-    applied. ``headers`` keeps the few amoCRM sends that help an operator (its request id, the
-    user agent); ``result`` what applying it did (applied, stale, echo, skipped items)."""
-
-    __tablename__ = "webhook_deliveries"
-
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
-    connection_id: Mapped[str] = mapped_column(String(32))
-    owner: Mapped[str] = mapped_column(String(255))
-    received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    body: Mapped[bytes | None] = mapped_column(LargeBinary)
-    content_type: Mapped[str | None] = mapped_column(String(255))
-    headers: Mapped[dict[str, Any] | None]
-    body_hash: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default="received")
-    duplicate_of: Mapped[int | None] = mapped_column(BigInteger)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    error: Mapped[str | None] = mapped_column(Text)
-    result: Mapped[dict[str, Any] | None]
-    processed_at: Mapped[datetime | None]
-
-    __table_args__ = (
-        Index("ix_webhook_deliveries_connection_hash", "connection_id", "body_hash"),
-        Index("ix_webhook_deliveries_owner_id", "owner", "id"),
-        Index("ix_webhook_deliveries_state_id", "state", "id"),
-        Index("ix_webhook_deliveries_received_at", "received_at"),
-    )
-
-
-class WebhookSubscription(Base):
-    """What amobridge knows of a connection's webhook subscription in amoCRM.
-
-    ``state``: ``pending`` (a subscribe job is queued), ``active`` (amoCRM has it enabled),
-    ``failed`` (amoCRM refused it: ``last_error`` says why), ``unsubscribed`` (the connection
-    was disconnected). ``unsubscribe_token_enc`` holds, between a disconnect and the
-    unsubscribe job that follows it, the encrypted access token the connection had (the
-    disconnect erases the connection's own); the job deletes it whether amoCRM answered or not.
-    """
-
-    __tablename__ = "webhook_subscriptions"
-
-    connection_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    owner: Mapped[str] = mapped_column(String(255))
-    state: Mapped[str] = mapped_column(String(16), default="pending")
-    amo_webhook_id: Mapped[int | None] = mapped_column(BigInteger)
-    settings: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    subscribed_at: Mapped[datetime | None]
-    checked_at: Mapped[datetime | None]
-    restored_at: Mapped[datetime | None]
-    restores: Mapped[int] = mapped_column(Integer, default=0)
-    last_error: Mapped[str | None] = mapped_column(Text)
-    unsubscribe_host: Mapped[str | None] = mapped_column(String(255))
-    unsubscribe_token_enc: Mapped[str | None] = mapped_column(Text)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-
-    __table_args__ = (Index("ix_webhook_subscriptions_state_checked", "state", "checked_at"),)

@@ -35,7 +35,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -64,6 +64,9 @@ from amobridge.sync.catalogue import Catalogue, CatalogueService, UnknownReferen
 from amobridge.sync.repository import ContactRepository, LeadRepository
 from amobridge.sync.service import Queue, merge_custom_fields
 from amobridge.sync.views import mark_dirty
+
+if TYPE_CHECKING:
+    from amobridge.notify import NotifyService
 
 log = logging.getLogger("amobridge.sync")
 
@@ -138,12 +141,15 @@ class SyncTasks:
         keyring: Keyring,
         catalogues: CatalogueService,
         queue: Queue,
+        events: NotifyService,
     ) -> None:
         self.settings = settings
         self.db = db
         self.keyring = keyring
         self.catalogues = catalogues
         self.queue = queue
+        # lead.created and lead.sync_failed for the host app, in the units that decide them.
+        self.events = events
 
     def register(self, handlers: JobHandlers) -> None:
         handlers.register(kinds.LEAD_CREATE, self.create_leads, batch_size=kinds.BATCH_SIZE)
@@ -207,8 +213,14 @@ class SyncTasks:
                     continue
                 text = str(item.error) if isinstance(item.error, str) else _describe(item.error)
                 if final[item.job.id]:
+                    was_failed = row.sync_state == "failed"
                     row.sync_state = "failed"
                     row.last_error = text
+                    if isinstance(row, Lead) and not was_failed:
+                        operation = "create" if item.job.kind == kinds.LEAD_CREATE else "update"
+                        await self.events.emit_lead(
+                            session, "lead.sync_failed", row, operation=operation, error=text
+                        )
                 else:
                     row.last_error = f"will try again: {text}"
         for item in outcomes:
@@ -355,8 +367,11 @@ class SyncTasks:
                 row = rows.get(item.lead.id)
                 if row is None:
                     continue
+                first = row.amo_id is None
                 row.amo_id = found.id
                 _pushed(row, item.version, amo_updated_at=_amo_time(found.updated_at))
+                if first:
+                    await self.events.emit_lead(session, "lead.created", row, source="amobridge")
                 contact_id = found.main_contact_id
                 if item.contact is not None and item.contact.amo_id is None and contact_id:
                     await self._give_contact_amo_id(
@@ -618,8 +633,11 @@ class SyncTasks:
                 row = rows.get(item.lead.id)
                 if row is None:
                     continue
+                first = row.amo_id is None
                 row.amo_id = result.id
                 _pushed(row, item.version, amo_updated_at=_amo_time(updated_at.get(result.id)))
+                if first:
+                    await self.events.emit_lead(session, "lead.created", row, source="amobridge")
                 if item.creates_contact and item.contact is not None and result.contact_id:
                     await self._give_contact_amo_id(
                         leads,
