@@ -508,6 +508,132 @@ def demo(
         pass
 
 
+# --- import ---------------------------------------------------------------------------------------
+
+IMPORT_POLL_SECONDS = 0.5  # how often the progress bar reads the import's row
+IMPORT_STOP_GRACE = 5.0  # seconds a handler it runs gets to finish once the import is over
+
+
+@app.command("import")
+def import_account(
+    owner: Annotated[str, typer.Option(metavar="OWNER", help="Whose amoCRM account to import.")],
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait", help="Show the progress until it ends (default), or only queue it."
+        ),
+    ] = True,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the import as JSON (for scripts) at the end.")
+    ] = False,
+) -> None:
+    """Import an owner's amoCRM account into the mirror.
+
+    Pipelines, custom fields, contacts and leads, 250 a page at the connection's pace. An
+    unfinished import is resumed from its last page. While it waits, this command runs queued
+    imports itself, as a worker does. Exit 1 when it fails or has to wait for the owner.
+    """
+    from amobridge.auth.principal import identifier_problem
+
+    if problem := identifier_problem(owner):
+        _fail(problem, 2)
+    settings = _settings()
+    _say_database(settings)
+    _require_database(settings)
+    _configure_logging(settings)
+    shown = _run(_import(settings, owner, wait=wait, quiet=as_json))
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(shown, indent=2, ensure_ascii=False))
+    else:
+        typer.echo(_import_line(shown))
+    if wait and shown["state"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def _import_line(shown: dict[str, Any]) -> str:
+    counts = shown["counts"]
+    read = (
+        f"{int(counts.get('leads', 0)):,} leads, {int(counts.get('contacts', 0)):,} contacts, "
+        f"{int(counts.get('pipelines', 0))} pipelines"
+    )
+    pages = sum(shown["pages"].values())
+    line = f"import {shown['id']} {shown['state']}: {read} ({pages} pages)"
+    if shown["last_error"]:
+        line += f" — {shown['last_error']}"
+    return line
+
+
+def _import_done(shown: dict[str, Any]) -> bool:
+    """Over, or waiting for something no worker here can change (the owner, an operator)."""
+    job = shown["job"] or {}
+    return (
+        shown["state"] in ("succeeded", "failed")
+        or job.get("state") in ("cancelled", "failed")
+        or job.get("paused_reason") is not None
+    )
+
+
+async def _import(settings: Settings, owner: str, *, wait: bool, quiet: bool) -> dict[str, Any]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from amobridge.jobs import JobHandlers, JobWorker
+    from amobridge.services import Services
+    from amobridge.sync import kinds
+
+    services = Services.build(settings)
+    worker: JobWorker | None = None
+    try:
+        await services.start(workers=False)
+        shown, _ = await services.imports.start(owner, actor="cli")
+        if not wait:
+            return shown
+        handlers = JobHandlers()
+        handlers.register(kinds.IMPORT, services.import_tasks.run)
+        worker = JobWorker(
+            services.db,
+            services.jobs,
+            handlers,
+            settings.jobs,
+            clients=services.clients,
+            services=services,
+            concurrency=1,
+        )
+        worker.start()
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[read]}"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, disable=quiet, transient=False) as progress:
+            task = progress.add_task("queued", total=None, read="")
+            while True:
+                shown = await services.imports.get(owner, shown["id"])
+                counts = shown["counts"]
+                read = sum(int(counts.get(name, 0)) for name in ("contacts", "leads"))
+                progress.update(
+                    task,
+                    description=f"{shown['state']} {shown['entity'] or ''}".strip(),
+                    completed=read,
+                    read=f"{int(counts.get('contacts', 0)):,} contacts, "
+                    f"{int(counts.get('leads', 0)):,} leads",
+                )
+                if _import_done(shown):
+                    progress.update(task, total=max(read, 1), completed=max(read, 1))
+                    break
+                await asyncio.sleep(IMPORT_POLL_SECONDS)
+        # The job's outcome is committed after its last page: let it finish, then show it.
+        await worker.stop(grace=IMPORT_STOP_GRACE)
+        worker = None
+        return await services.imports.get(owner, shown["id"])
+    finally:
+        if worker is not None:  # interrupted: what it runs is handed back, not lost
+            await worker.stop(grace=0)
+        await services.stop()
+
+
 def main() -> None:
     try:
         app()

@@ -44,10 +44,11 @@ from amobridge.storage.identity import establish, preflight
 from amobridge.storage.migrate import upgrade_async
 from amobridge.storage.tables import Connection
 from amobridge.sync.catalogue import CatalogueService
+from amobridge.sync.import_tasks import ImportTasks
+from amobridge.sync.imports import ImportService
 from amobridge.sync.service import SyncService
 from amobridge.sync.tasks import SyncTasks
-from amobridge.webhooks.service import WebhookService
-from amobridge.webhooks.tasks import WebhookTasks
+from amobridge.sync.upsert import MirrorUpsert
 
 log = logging.getLogger("amobridge.services")
 
@@ -95,28 +96,15 @@ class Services:
     # The lead API and its push handlers (registered in job_handlers).
     sync: SyncService
     sync_tasks: SyncTasks
+    # Imports and catch-ups from amoCRM into the mirror, and their job handler.
+    imports: ImportService
+    import_tasks: ImportTasks
     # Events to the host app: emitted by the features in their units, delivered by jobs.
     notify: NotifyService
     notify_tasks: NotifyTasks
     job_worker: JobWorker | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: bool = False
-    # amoCRM's webhooks into the mirror, and their jobs (built from the graph above).
-    webhooks: WebhookService = field(init=False)
-    webhook_tasks: WebhookTasks = field(init=False)
-
-    def __post_init__(self) -> None:
-        # The webhook inbox hears of every connection that becomes active or is disconnected
-        # (inside that unit of work: its subscribe or unsubscribe job commits with it).
-        self.webhooks = WebhookService(
-            self.settings, self.db, keyring=self.keyring, queue=self.jobs
-        )
-        self.webhook_tasks = WebhookTasks(
-            self.db, keyring=self.keyring, service=self.webhooks, clients=self.clients
-        )
-        self.webhook_tasks.register(self.job_handlers)
-        self.connect.on_connected.append(self.webhooks.on_connected)
-        self.connect.on_disconnecting.append(self.webhooks.on_disconnecting)
 
     @classmethod
     def build(
@@ -170,6 +158,16 @@ class Services:
             settings, db, keyring=keyring, catalogues=catalogues, queue=jobs, events=notify
         )
         sync_tasks.register(handlers)
+        imports = ImportService(settings, db, keyring=keyring, queue=jobs)
+        upsert = MirrorUpsert(phone_region=settings.sync.phone_region, queue=jobs)
+        import_tasks = ImportTasks(
+            db,
+            catalogues=catalogues,
+            upsert=upsert,
+            # A slice well inside the handler's time limit: the page under way finishes too.
+            slice_seconds=min(30.0, settings.jobs.handler_timeout_seconds / 4),
+        )
+        import_tasks.register(handlers)
         notify_tasks = NotifyTasks(settings, db, service=notify, http=clients.http)
         notify_tasks.register(handlers)
         return cls(
@@ -187,6 +185,8 @@ class Services:
             job_handlers=handlers,
             sync=sync,
             sync_tasks=sync_tasks,
+            imports=imports,
+            import_tasks=import_tasks,
             notify=notify,
             notify_tasks=notify_tasks,
         )
@@ -238,8 +238,9 @@ class Services:
             try:
                 await self.connect_tasks.purge_expired()
                 await self.connect_tasks.keepalive(older_than=keepalive)
-                await self.webhook_tasks.housekeeping()
                 await self.sync.purge_idempotency_keys()
+                await self.imports.schedule_catchups()
+                await self.imports.purge()
                 await self.notify_tasks.purge()
             except StorageUnavailable as exc:  # one line, not a traceback a minute
                 log.warning("housekeeping paused: %s", exc.detail)
@@ -257,7 +258,6 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        await self.webhooks.batcher.aclose()  # deliveries not yet written get 503
         await self.auth.aclose()
         await self.clients.aclose()
         await self.db.dispose()

@@ -498,36 +498,19 @@ class SyncSettings(_Group):
         le=24 * 30,
         description="How long an Idempotency-Key of POST /leads and /contacts is remembered.",
     )
-
-
-class WebhooksSettings(_Group):
-    """amoCRM's webhooks into the mirror (``POST /webhooks/amocrm/{secret}``)."""
-
-    auto_subscribe: bool = Field(
-        True,
-        description="Subscribe a connection's webhook through amoCRM's API when it becomes "
-        "active (and unsubscribe it when it is disconnected); false: add it by hand.",
-    )
-    check_interval_seconds: int = Field(
-        3600,
-        ge=60,
-        le=7 * 86_400,
-        description="How often each active connection's subscription is checked in amoCRM, and "
-        "restored when amoCRM disabled or removed it.",
-    )
-    dedup_window_seconds: int = Field(
-        86_400,
+    catchup_minutes: int = Field(
+        10,
         ge=0,
-        le=30 * 86_400,
-        description="A body received again for the same connection within this time is a "
-        "redelivery: stored as a duplicate, applied once (0: no deduplication).",
+        le=1440,
+        description="How often each active connection's leads and contacts changed in amoCRM "
+        "are read again and written into the mirror, repairing what webhooks missed (0: never).",
     )
-    retention_days: int = Field(
-        30,
-        ge=1,
-        le=3650,
-        description="How long processed and duplicate deliveries are kept (failed ones stay "
-        "until replayed or this much older).",
+    catchup_overlap_seconds: int = Field(
+        300,
+        ge=0,
+        le=86_400,
+        description="How far before the last catch-up's start the next one reads from (clock "
+        "differences, changes saved while it ran).",
     )
 
 
@@ -556,7 +539,6 @@ class Settings(BaseSettings):
     hooks: HooksSettings = HooksSettings()
     events: EventsSettings = EventsSettings()
     jobs: JobsSettings = JobsSettings()
-    webhooks: WebhooksSettings = WebhooksSettings()
     sync: SyncSettings = SyncSettings()
     proxy: ProxySettings = ProxySettings()
     sandbox: SandboxSettings = SandboxSettings()
@@ -606,6 +588,8 @@ _NUMERIC_LIMITS = frozenset(
         "max_body_bytes",
         "catalogue_ttl_seconds",
         "idempotency_ttl_hours",
+        "catchup_minutes",
+        "catchup_overlap_seconds",
         "concurrency",
         "connection_concurrency",
         "max_attempts",
@@ -617,9 +601,6 @@ _NUMERIC_LIMITS = frozenset(
         "resume_seconds",
         "shutdown_grace_seconds",
         "timeout_seconds",
-        "check_interval_seconds",
-        "dedup_window_seconds",
-        "retention_days",
     }
 )
 

@@ -300,16 +300,6 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "state_invalid": (403, "state is expired: nothing stored"),
     "not_found": (404, "no such route or file: the routes are listed in /openapi.json"),
     "connection_not_found": (404, "no amoCRM connection for this owner"),
-    "webhook_not_found": (
-        404,
-        "no webhook at this URL: its secret is unknown or its connection was disconnected "
-        "(nothing was stored)",
-    ),
-    "delivery_not_found": (404, "no webhook delivery 1042 for owner 'user-42'"),
-    "account_mismatch": (
-        403,
-        "the body's account[id] is not the connected account's (nothing was stored)",
-    ),
     # Events to the host app, /event-subscriptions and /event-deliveries.
     "event_subscription_not_found": (
         404,
@@ -346,6 +336,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "validation_error": (422, "owner: String should have at most 255 characters"),
     "lead_not_found": (404, "no lead with this id for this owner"),
     "contact_not_found": (404, "no contact with this id for this owner"),
+    "import_not_found": (404, "no import with this id for this owner"),
     "invalid_cursor": (
         400,
         "cursor is not a next_cursor of this listing (with the same updated_since): start again "

@@ -21,3 +21,13 @@ def update_dedup_key(kind: str, row_id: str) -> str:
     """One waiting update job per row: a second change before it runs is pushed by the same job
     (the handler sends the row's latest state)."""
     return f"{kind}:{row_id}"
+
+
+# Pulls from amoCRM into the mirror (``imports.py``). One of each waits or runs per connection
+# at a time (their dedup keys): a second request for an import gets the one under way.
+IMPORT = "sync.import"
+CATCHUP = "sync.catchup"
+
+
+def pull_dedup_key(kind: str, connection_id: str) -> str:
+    return f"{kind}:{connection_id}"

@@ -19,12 +19,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import and_, delete, exists, or_, select
+from sqlalchemy import and_, delete, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 
 from amobridge.errors import ServiceError
 from amobridge.storage.repository import Repository
-from amobridge.storage.tables import AmoCatalogue, Contact, IdempotencyKey, Lead, LeadContact
+from amobridge.storage.tables import (
+    AmoCatalogue,
+    Connection,
+    Contact,
+    IdempotencyKey,
+    Import,
+    Lead,
+    LeadContact,
+)
 
 Order = Literal["created", "updated"]
 
@@ -438,3 +447,127 @@ class CatalogueRepository(Repository[AmoCatalogue]):
         await self.session.execute(
             delete(AmoCatalogue).where(AmoCatalogue.connection_id == connection_id)
         )
+
+
+# The states of an import that is not over: one at a time per connection and kind.
+IMPORT_UNFINISHED = ("queued", "running", "waiting")
+
+
+@dataclass(frozen=True)
+class LeadLink:
+    lead_id: str
+    contact_id: str
+    is_main: bool
+    contact_amo_id: int | None
+
+
+class ImportRepository(Repository[Import]):
+    """Imports and catch-ups (``sync/imports.py``), and the bulk reads their pages need."""
+
+    model = Import
+
+    async def for_owner(self, owner: str, import_id: str) -> Import | None:
+        return await self.session.scalar(
+            select(Import).where(Import.owner == owner, Import.id == import_id)
+        )
+
+    async def latest(self, connection_id: str, kind: str) -> Import | None:
+        """The connection's newest run of ``kind``."""
+        return await self.session.scalar(
+            select(Import)
+            .where(Import.connection_id == connection_id, Import.kind == kind)
+            .order_by(Import.created_at.desc(), Import.id.desc())
+            .limit(1)
+        )
+
+    async def mark(self, connection_id: str) -> datetime | None:
+        """The newest mark of the connection's succeeded runs (full or catch-up): what changed
+        in amoCRM before it is in the mirror."""
+        value = await self.session.scalar(
+            select(func.max(Import.started_at)).where(
+                Import.connection_id == connection_id, Import.state == "succeeded"
+            )
+        )
+        return value if isinstance(value, datetime) else None
+
+    async def catchup_due(
+        self, *, finished_before: datetime, limit: int
+    ) -> list[tuple[str, str, datetime]]:
+        """Active connections whose last catch-up finished before ``finished_before`` (or that
+        never had one), with no catch-up and no import under way: ``(connection id, owner,
+        connected at)``."""
+        recent = exists().where(
+            Import.connection_id == Connection.id,
+            or_(
+                Import.state.in_(IMPORT_UNFINISHED),
+                and_(Import.kind == "catchup", Import.finished_at >= finished_before),
+            ),
+        )
+        rows = await self.session.execute(
+            select(Connection.id, Connection.owner, Connection.created_at)
+            .where(Connection.status == "active", ~recent)
+            .order_by(Connection.id)
+            .limit(limit)
+        )
+        return [(str(cid), str(owner), created) for cid, owner, created in rows]
+
+    async def purge_catchups(self, *, finished_before: datetime) -> int:
+        """Drop finished catch-ups older than ``finished_before``, keeping each connection's
+        newest succeeded run (it holds the connection's mark)."""
+        newer = aliased(Import)
+        kept = exists().where(
+            newer.connection_id == Import.connection_id,
+            newer.state == "succeeded",
+            newer.started_at > Import.started_at,
+        )
+        result = await self.session.execute(
+            delete(Import).where(
+                Import.kind == "catchup",
+                Import.finished_at.is_not(None),
+                Import.finished_at < finished_before,
+                kept,
+            )
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    # --- the bulk reads of one page ----------------------------------------------------------
+    async def lead_links(self, lead_ids: Iterable[str]) -> list[LeadLink]:
+        wanted = list(dict.fromkeys(lead_ids))
+        if not wanted:
+            return []
+        rows = await self.session.execute(
+            select(LeadContact.lead_id, LeadContact.contact_id, LeadContact.is_main, Contact.amo_id)
+            .join(Contact, Contact.id == LeadContact.contact_id)
+            .where(LeadContact.lead_id.in_(wanted))
+        )
+        return [
+            LeadLink(str(lead), str(contact), bool(main), amo_id)
+            for lead, contact, main, amo_id in rows
+        ]
+
+    async def contacts_awaiting_create(
+        self, connection_id: str, keys: Iterable[str]
+    ) -> dict[str, Contact]:
+        """The connection's contacts not known by amoCRM id yet, by the marker their create
+        carries."""
+        wanted = sorted(set(keys))
+        if not wanted:
+            return {}
+        rows = await self.session.scalars(
+            select(Contact).where(
+                Contact.connection_id == connection_id,
+                Contact.amo_id.is_(None),
+                Contact.create_key.in_(wanted),
+            )
+        )
+        return {row.create_key: row for row in rows if row.create_key}
+
+    async def set_main(self, lead_id: str, contact_id: str, is_main: bool) -> None:
+        row = await self.session.get(LeadContact, (lead_id, contact_id))
+        if row is not None:
+            row.is_main = is_main
+
+    async def add_links(self, links: Sequence[LeadContact]) -> None:
+        if links:
+            self.session.add_all(links)
+            await self.session.flush()

@@ -25,6 +25,7 @@ from amobridge.connect.schemas import (
     error_responses,
     json_examples,
 )
+from amobridge.sync.imports import ImportService
 from amobridge.sync.schemas import (
     CONTACT_CREATE_EXAMPLES,
     CONTACT_CREATED_EXAMPLES,
@@ -32,6 +33,9 @@ from amobridge.sync.schemas import (
     CONTACT_EXISTING_EXAMPLES,
     CONTACT_PAGE_EXAMPLES,
     CONTACT_PATCH_EXAMPLES,
+    IMPORT_EXAMPLES,
+    IMPORT_QUEUED_EXAMPLES,
+    IMPORT_START_EXAMPLES,
     LEAD_CREATE_EXAMPLES,
     LEAD_CREATED_EXAMPLES,
     LEAD_EXAMPLES,
@@ -45,6 +49,9 @@ from amobridge.sync.schemas import (
     ContactPatchBody,
     CursorQuery,
     IdempotencyKeyHeader,
+    ImportIdPath,
+    ImportOut,
+    ImportStartBody,
     LeadCreateBody,
     LeadIdPath,
     LeadOut,
@@ -360,3 +367,70 @@ async def update_contact(
     return await svc.update_contact(
         principal.owner_for(owner), contact_id, body, actor=principal.name
     )
+
+
+# --- imports ------------------------------------------------------------------------------------
+
+
+async def imports_service(request: Request) -> ImportService:
+    found: ImportService = request.app.state.services.imports
+    return found
+
+
+Imports = Annotated[ImportService, Depends(imports_service)]
+
+
+@router.post(
+    "/imports",
+    tags=["imports"],
+    summary="Import the owner's amoCRM account into the mirror (answered at once; a job runs it)",
+    status_code=202,
+    response_model=ImportOut,
+    responses={
+        202: {
+            "description": "Queued — or the import already waiting or running for this "
+            "connection (one at a time), or the failed one resumed from its last page",
+            "content": json_examples(IMPORT_QUEUED_EXAMPLES),
+        },
+        **error_responses(
+            400,
+            401,
+            403,
+            404,
+            409,
+            413,
+            422,
+            codes=(*_CALLER, "connection_not_found", "connection_disconnected"),
+        ),
+    },
+)
+async def start_import(
+    svc: Imports,
+    principal: CurrentPrincipal,
+    body: Annotated[ImportStartBody, Body(openapi_examples=IMPORT_START_EXAMPLES)],
+) -> dict[str, Any]:
+    """Reads the account's pipelines and custom fields, then every contact and lead (250 a
+    page, within the connection's 7 requests per second), into the mirror. Follow it with
+    `GET /imports/{id}`. amoCRM's `updated_at` decides: nothing older than what the mirror
+    holds overwrites it, and a local change not pushed yet that is newer than amoCRM's wins."""
+    answer, _ = await svc.start(principal.owner_for(body.owner), actor=principal.name)
+    return answer
+
+
+@router.get(
+    "/imports/{import_id}",
+    tags=["imports"],
+    summary="An import's progress: its state, what it reads now, counts and pages",
+    response_model=ImportOut,
+    responses={
+        200: {"content": json_examples(IMPORT_EXAMPLES)},
+        **error_responses(400, 401, 403, 404, 422, codes=(*_CALLER, "import_not_found")),
+    },
+)
+async def get_import(
+    svc: Imports,
+    principal: CurrentPrincipal,
+    import_id: ImportIdPath,
+    owner: OwnerQuery = None,
+) -> dict[str, Any]:
+    return await svc.get(principal.owner_for(owner), import_id)

@@ -449,3 +449,139 @@ CONTACT_PATCH_EXAMPLES = {
 CONTACT_PAGE_EXAMPLES = {
     "page": {"summary": "A page", "value": {"items": [_CONTACT_SYNCED], "next_cursor": None}}
 }
+
+
+# --- imports and catch-ups -----------------------------------------------------------------------
+
+ImportState = Literal["queued", "running", "waiting", "succeeded", "failed"]
+ImportStep = Literal["catalogue", "contacts", "leads"]
+
+IMPORT_STATE_DESCRIPTION = (
+    "`queued` (its job waits for a worker), `running`, `waiting` (a failed request will be "
+    "tried again, or the connection needs re-authorization: see `last_error`), `succeeded` or "
+    "`failed` (see `last_error`; `POST /imports` again resumes it from its last page)"
+)
+
+
+class ImportStartBody(_Body):
+    owner: Owner | None = Field(None, max_length=255, description=OWNER_DESCRIPTION)
+
+
+class ImportJob(BaseModel):
+    id: int = Field(description="The job that runs it (`GET /jobs/{id}`)")
+    state: str = Field(description="The job's state: pending, running, paused, …")
+    paused_reason: str | None = Field(
+        description="Why the job waits: `reauth_required`, `disconnected`, `banned`, …"
+    )
+
+
+class ImportOut(BaseModel):
+    """An import (or a catch-up) of an owner's amoCRM account into the mirror."""
+
+    id: str = Field(description="The import's id")
+    owner: str
+    kind: Literal["import", "catchup"] = Field(
+        description="`import`: everything; `catchup`: what changed since `since`"
+    )
+    state: ImportState = Field(description=IMPORT_STATE_DESCRIPTION)
+    entity: ImportStep | None = Field(
+        description="What it reads now: `catalogue` (pipelines and custom fields), `contacts` "
+        "or `leads`; null once it has finished"
+    )
+    page: int | None = Field(description="The page of `entity` it reads next (250 a page)")
+    counts: dict[str, int] = Field(
+        description="What was read and written, by kind: `pipelines`, `lead_fields`, "
+        "`contact_fields`, `contacts`, `leads`"
+    )
+    changes: dict[str, int] = Field(
+        description="What the pages did to the mirror: `created`, `updated`, `unchanged`, "
+        "`stale` (older than what the mirror holds: left alone), `kept_local` (a newer local "
+        "change won and is pushed again)"
+    )
+    pages: dict[str, int] = Field(description="Pages read, by kind")
+    total: int | None = Field(
+        description="Contacts and leads in all, once it has finished (amoCRM sends no totals)"
+    )
+    since: DateTime | None = Field(description="A catch-up's start: amoCRM changes from then on")
+    last_error: str | None = Field(description="The last failure, with what happens next")
+    job: ImportJob | None = Field(description="Its job in the queue")
+    created_at: DateTime
+    started_at: DateTime | None = Field(
+        description="When it began reading: everything changed in amoCRM before this time is "
+        "in the mirror once it has succeeded"
+    )
+    finished_at: DateTime | None
+
+
+ImportIdPath = Annotated[
+    str,
+    Path(
+        max_length=64,
+        description="The id `POST /imports` answered with",
+        openapi_examples={
+            "id": {"summary": "An import", "value": "9f8e7d6c5b4a39281706f5e4d3c2b1a0"}
+        },
+    ),
+]
+
+IMPORT_START_EXAMPLES = {
+    "owner": {"summary": "Import an owner's account", "value": {"owner": "user-42"}},
+}
+_IMPORT_QUEUED = {
+    "id": "9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+    "owner": "user-42",
+    "kind": "import",
+    "state": "queued",
+    "entity": "catalogue",
+    "page": 1,
+    "counts": {},
+    "changes": {},
+    "pages": {},
+    "total": None,
+    "since": None,
+    "last_error": None,
+    "job": {"id": 1042, "state": "pending", "paused_reason": None},
+    "created_at": "2025-06-01T09:30:00+00:00",
+    "started_at": None,
+    "finished_at": None,
+}
+_CATALOGUE_COUNTS = {"pipelines": 2, "lead_fields": 6, "contact_fields": 4}
+_CATALOGUE_PAGES = {"pipelines": 1, "lead_fields": 1, "contact_fields": 1}
+_IMPORT_RUNNING = {
+    **_IMPORT_QUEUED,
+    "state": "running",
+    "entity": "leads",
+    "page": 1,
+    "counts": {**_CATALOGUE_COUNTS, "contacts": 300, "leads": 250},
+    "changes": {"created": 550, "updated": 0, "unchanged": 0, "stale": 0, "kept_local": 0},
+    "pages": {**_CATALOGUE_PAGES, "contacts": 2, "leads": 1},
+    "job": {"id": 1042, "state": "running", "paused_reason": None},
+    "started_at": "2025-06-01T09:30:01+00:00",
+}
+_IMPORT_DONE = {
+    **_IMPORT_RUNNING,
+    "state": "succeeded",
+    "entity": None,
+    "page": None,
+    "counts": {**_CATALOGUE_COUNTS, "contacts": 300, "leads": 600},
+    "changes": {"created": 900, "updated": 0, "unchanged": 0, "stale": 0, "kept_local": 0},
+    "pages": {**_CATALOGUE_PAGES, "contacts": 2, "leads": 3},
+    "total": 900,
+    "job": {"id": 1042, "state": "succeeded", "paused_reason": None},
+    "finished_at": "2025-06-01T09:30:06+00:00",
+}
+_IMPORT_WAITING = {
+    **_IMPORT_RUNNING,
+    "state": "waiting",
+    "page": 2,
+    "last_error": "will try again: AmoServerError: amoCRM answered 500 on GET /api/v4/leads",
+    "job": {"id": 1042, "state": "pending", "paused_reason": None},
+}
+IMPORT_QUEUED_EXAMPLES = {
+    "queued": {"summary": "Queued (or the one already under way)", "value": _IMPORT_QUEUED},
+}
+IMPORT_EXAMPLES = {
+    "running": {"summary": "Reading leads", "value": _IMPORT_RUNNING},
+    "waiting": {"summary": "A page failed: tried again later", "value": _IMPORT_WAITING},
+    "succeeded": {"summary": "Done", "value": _IMPORT_DONE},
+}
