@@ -49,6 +49,8 @@ from amobridge.sync.imports import ImportService
 from amobridge.sync.service import SyncService
 from amobridge.sync.tasks import SyncTasks
 from amobridge.sync.upsert import MirrorUpsert
+from amobridge.webhooks.service import WebhookService
+from amobridge.webhooks.tasks import WebhookTasks
 
 log = logging.getLogger("amobridge.services")
 
@@ -105,6 +107,22 @@ class Services:
     job_worker: JobWorker | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     started: bool = False
+    # amoCRM's webhooks into the mirror, and their jobs (built from the graph above).
+    webhooks: WebhookService = field(init=False)
+    webhook_tasks: WebhookTasks = field(init=False)
+
+    def __post_init__(self) -> None:
+        # The webhook inbox hears of every connection that becomes active or is disconnected
+        # (inside that unit of work: its subscribe or unsubscribe job commits with it).
+        self.webhooks = WebhookService(
+            self.settings, self.db, keyring=self.keyring, queue=self.jobs
+        )
+        self.webhook_tasks = WebhookTasks(
+            self.db, keyring=self.keyring, service=self.webhooks, clients=self.clients
+        )
+        self.webhook_tasks.register(self.job_handlers)
+        self.connect.on_connected.append(self.webhooks.on_connected)
+        self.connect.on_disconnecting.append(self.webhooks.on_disconnecting)
 
     @classmethod
     def build(
@@ -238,6 +256,7 @@ class Services:
             try:
                 await self.connect_tasks.purge_expired()
                 await self.connect_tasks.keepalive(older_than=keepalive)
+                await self.webhook_tasks.housekeeping()
                 await self.sync.purge_idempotency_keys()
                 await self.imports.schedule_catchups()
                 await self.imports.purge()
@@ -258,6 +277,7 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.webhooks.batcher.aclose()  # deliveries not yet written get 503
         await self.auth.aclose()
         await self.clients.aclose()
         await self.db.dispose()

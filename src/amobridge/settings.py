@@ -514,6 +514,37 @@ class SyncSettings(_Group):
     )
 
 
+class WebhooksSettings(_Group):
+    """amoCRM's webhooks into the mirror (``POST /webhooks/amocrm/{secret}``)."""
+
+    auto_subscribe: bool = Field(
+        True,
+        description="Subscribe a connection's webhook through amoCRM's API when it becomes "
+        "active (and unsubscribe it when it is disconnected); false: add it by hand.",
+    )
+    check_interval_seconds: int = Field(
+        3600,
+        ge=60,
+        le=7 * 86_400,
+        description="How often each active connection's subscription is checked in amoCRM, and "
+        "restored when amoCRM disabled or removed it.",
+    )
+    dedup_window_seconds: int = Field(
+        86_400,
+        ge=0,
+        le=30 * 86_400,
+        description="A body received again for the same connection within this time is a "
+        "redelivery: stored as a duplicate, applied once (0: no deduplication).",
+    )
+    retention_days: int = Field(
+        30,
+        ge=1,
+        le=3650,
+        description="How long processed and duplicate deliveries are kept (failed ones stay "
+        "until replayed or this much older).",
+    )
+
+
 class Settings(BaseSettings):
     """All of amobridge's settings. Build with :func:`load_settings` to get a readable error."""
 
@@ -539,6 +570,7 @@ class Settings(BaseSettings):
     hooks: HooksSettings = HooksSettings()
     events: EventsSettings = EventsSettings()
     jobs: JobsSettings = JobsSettings()
+    webhooks: WebhooksSettings = WebhooksSettings()
     sync: SyncSettings = SyncSettings()
     proxy: ProxySettings = ProxySettings()
     sandbox: SandboxSettings = SandboxSettings()

@@ -110,6 +110,9 @@ def make_settings(database_url: str, **over: Any) -> Settings:
             "button_script_url": "http://sandbox.test/auth/button.min.js",
         },
         "mobile": {"allowed_schemes": ["foryoure"]},
+        # Off unless a test asks (stack_overrides): a subscription makes every write the
+        # sandbox sees come back as a webhook, and its jobs would run in every drain.
+        "webhooks": {"auto_subscribe": False},
     }
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(values.get(key), dict):
@@ -120,8 +123,19 @@ def make_settings(database_url: str, **over: Any) -> Settings:
 
 
 @pytest.fixture
+def stack_overrides() -> dict[str, Any]:
+    """Settings groups a test module changes for its stack (override this fixture), e.g.
+    ``{"webhooks": {"auto_subscribe": True}}``."""
+    return {}
+
+
+@pytest.fixture
 async def stack(
-    database_url: str, sandbox: Any, sandbox_app: Any, control: httpx.AsyncClient
+    database_url: str,
+    sandbox: Any,
+    sandbox_app: Any,
+    control: httpx.AsyncClient,
+    stack_overrides: dict[str, Any],
 ) -> AsyncIterator[Stack]:
     back = _LateTransport()
     sandbox._outbound_transport = back  # the sandbox's secrets POSTs and hooks reach the service
@@ -138,7 +152,14 @@ async def stack(
     account = (await control.post("/_sandbox/accounts", json={"subdomain": "acme"})).json()
     settings = make_settings(
         database_url,
-        amo={"client_id": integration["client_id"], "client_secret": integration["client_secret"]},
+        **{
+            **stack_overrides,
+            "amo": {
+                **stack_overrides.get("amo", {}),
+                "client_id": integration["client_id"],
+                "client_secret": integration["client_secret"],
+            },
+        },
     )
     services = Services.build(settings, amo_transport=httpx.ASGITransport(app=sandbox_app))
     app = create_app(settings, services=services)

@@ -77,7 +77,8 @@ async def test_rotate_then_drop_the_old_key(
     assert (await stack.connect("u")).status_code == 200
     await pending_button_secret(stack)
     before = await stored_ciphertexts(stack.services)
-    assert len(before) == 4  # access + refresh token, the integration's and the button's secret
+    # Access + refresh token, the integration's and the button's secret, the webhook URL secret.
+    assert len(before) == 5
     assert all(decrypts_with(key_a, c) for c in before)
 
     # A wrong key list changes nothing and says why (no traceback, no half-rotated rows).
@@ -90,9 +91,9 @@ async def test_rotate_then_drop_the_old_key(
 
     rotated = await cli(database_url, [key_b, key_a], "keys", "rotate")
     assert rotated.exit_code == 0, rotated.output
-    assert "re-encrypted 4 values" in rotated.output
+    assert "re-encrypted 5 values" in rotated.output
     after = await stored_ciphertexts(stack.services)
-    assert len(after) == 4
+    assert len(after) == 5
     assert all(decrypts_with(key_b, c) and not decrypts_with(key_a, c) for c in after)
     again = await cli(database_url, [key_b, key_a], "keys", "rotate")
     assert "re-encrypted 0 values" in again.output

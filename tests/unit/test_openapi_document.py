@@ -29,6 +29,7 @@ OPEN = {
     ("post", "/amocrm/secrets"),
     ("get", "/amocrm/uninstall"),
     ("get", "/amocrm/auth/continue"),
+    ("post", "/webhooks/amocrm/{secret}"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/"),

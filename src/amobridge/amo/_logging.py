@@ -6,7 +6,8 @@ token-like in free text (JWTs, amoCRM's ``def502…`` refresh tokens and codes, 
 fields in JSON, headers or form bodies) and masks it; authorization codes are ``def502…`` values.
 In a URL's query string (an access-log line: uvicorn logs the full path) the values of
 ``api_key``, ``token``, ``access_token``, ``refresh_token``, ``code``, ``signature``,
-``client_secret`` and ``state`` are masked whatever they look like, however short.
+``client_secret`` and ``state`` are masked whatever they look like, however short, and so is the
+URL secret of a webhook destination (``…/webhooks/amocrm/{secret}``).
 :class:`TokenMaskingFilter` applies it to every record as a safety net: it is installed on the
 ``amobridge.amo`` logger, and applications may add it to their own handlers too.
 """
@@ -42,6 +43,11 @@ _PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"(?P<lead>)(?P<secret>\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*)"),
     # amoCRM's opaque refresh tokens and authorization codes: def502 + long hex.
     re.compile(r"(?P<lead>)(?P<secret>\bdef50[0-9a-f]{20,})", re.IGNORECASE),
+    # The URL secret of a webhook destination (…/webhooks/amocrm/{secret}), in a path, a URL or
+    # %-encoded in a query string (?filter[destination]=…): whoever has it can post webhooks.
+    re.compile(
+        r"(?P<lead>webhooks(?:/|%2F)amocrm(?:/|%2F))(?P<secret>[A-Za-z0-9_-]{8,})", re.IGNORECASE
+    ),
 )
 
 

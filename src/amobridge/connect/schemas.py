@@ -300,6 +300,16 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "state_invalid": (403, "state is expired: nothing stored"),
     "not_found": (404, "no such route or file: the routes are listed in /openapi.json"),
     "connection_not_found": (404, "no amoCRM connection for this owner"),
+    "webhook_not_found": (
+        404,
+        "no webhook at this URL: its secret is unknown or its connection was disconnected "
+        "(nothing was stored)",
+    ),
+    "delivery_not_found": (404, "no webhook delivery 1042 for owner 'user-42'"),
+    "account_mismatch": (
+        403,
+        "the body's account[id] is not the connected account's (nothing was stored)",
+    ),
     # Events to the host app, /event-subscriptions and /event-deliveries.
     "event_subscription_not_found": (
         404,

@@ -26,6 +26,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -57,6 +58,11 @@ if TYPE_CHECKING:
     from amobridge.notify import NotifyService
 
 log = logging.getLogger("amobridge.connect")
+
+# Called inside the unit of work where a connection became active (connected, re-connected or
+# imported) or is about to be disconnected (before its tokens are erased): other features queue
+# their work there (the webhook subscription), in the same commit, never calling amoCRM.
+ConnectionHook = Callable[[AsyncSession, Connection], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,8 @@ class ConnectService:
         self.clients = clients
         self.events = events
         self.statuses = statuses or StatusCache(settings.amo.connection_check_ms / 1000)
+        self.on_connected: list[ConnectionHook] = []
+        self.on_disconnecting: list[ConnectionHook] = []
 
     def connections(self, session: AsyncSession) -> ConnectionRepository:
         return ConnectionRepository(session, self.keyring)
@@ -386,6 +394,8 @@ class ConnectService:
             connection_id=connection.id,
             message=f"connected {host}" + (f" (account {account_id})" if account_id else ""),
         )
+        for hook in self.on_connected:
+            await hook(session, connection)
         await self.clients.forget(connection.id)
         log.info("connection %s: %s connected %s", connection.id, action, host)
         return connection
@@ -515,6 +525,9 @@ class ConnectService:
     async def disconnect(self, session: AsyncSession, owner: str, *, actor: str) -> None:
         before = await self.connections(session).for_owner(owner)
         was_connected = before is not None and before.status != "disconnected"
+        if before is not None and was_connected:
+            for hook in self.on_disconnecting:
+                await hook(session, before)
         row = await self.connections(session).disconnect(owner)
         if row is None:
             raise NotFound("no amoCRM connection for this owner", code="connection_not_found")

@@ -7,10 +7,17 @@ from sqlalchemy import select
 
 from amobridge.storage.crypto import Keyring
 from amobridge.storage.db import Database
-from amobridge.storage.tables import ButtonSecret, Connection, EventSubscription, Integration
+from amobridge.storage.tables import (
+    ButtonSecret,
+    Connection,
+    EventSubscription,
+    Integration,
+    WebhookSubscription,
+)
 
 ENCRYPTED = {
-    Connection: ("access_token_enc", "refresh_token_enc"),
+    Connection: ("access_token_enc", "refresh_token_enc", "webhook_secret_enc"),
+    WebhookSubscription: ("unsubscribe_token_enc",),
     Integration: ("client_secret_enc",),
     ButtonSecret: ("client_secret_enc",),
     EventSubscription: ("secret_enc",),

@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -114,7 +115,11 @@ class Connection(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     refresh_lease_until: Mapped[datetime | None]
     refresh_lease_holder: Mapped[str | None] = mapped_column(String(64))
-    webhook_secret: Mapped[str] = mapped_column(String(64), unique=True, default=new_id)
+    # The URL secret of the connection's webhook (POST /webhooks/amocrm/{secret}): its SHA-256,
+    # which an arriving webhook is looked up by, and the secret itself encrypted, so the
+    # subscription's destination can be built again. NULL until the connection first needs one.
+    webhook_secret_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    webhook_secret_enc: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -601,3 +606,72 @@ class Job(Base):
             sqlite_where=_ACTIVE_JOB,
         ),
     )
+
+
+# --- the webhook inbox ------------------------------------------------------------------------
+
+# The states of a delivery (``webhook_deliveries.state``); see ``amobridge.webhooks``.
+WEBHOOK_DELIVERY_STATES = ("received", "processed", "failed", "duplicate")
+
+
+class WebhookDelivery(Base):
+    """One webhook body amoCRM POSTed, stored raw before it was answered, then applied to the
+    mirror. ``body_hash`` (SHA-256 of the body) finds a redelivery: that one is kept as a row
+    of its own in state ``duplicate`` (``duplicate_of`` the first, no body of its own) and never
+    applied. ``headers`` keeps the few amoCRM sends that help an operator (its request id, the
+    user agent); ``result`` what applying it did (applied, stale, echo, skipped items)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    connection_id: Mapped[str] = mapped_column(String(32))
+    owner: Mapped[str] = mapped_column(String(255))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    content_type: Mapped[str | None] = mapped_column(String(255))
+    headers: Mapped[dict[str, Any] | None]
+    body_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="received")
+    duplicate_of: Mapped[int | None] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None]
+    processed_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_connection_hash", "connection_id", "body_hash"),
+        Index("ix_webhook_deliveries_owner_id", "owner", "id"),
+        Index("ix_webhook_deliveries_state_id", "state", "id"),
+        Index("ix_webhook_deliveries_received_at", "received_at"),
+    )
+
+
+class WebhookSubscription(Base):
+    """What amobridge knows of a connection's webhook subscription in amoCRM.
+
+    ``state``: ``pending`` (a subscribe job is queued), ``active`` (amoCRM has it enabled),
+    ``failed`` (amoCRM refused it: ``last_error`` says why), ``unsubscribed`` (the connection
+    was disconnected). ``unsubscribe_token_enc`` holds, between a disconnect and the
+    unsubscribe job that follows it, the encrypted access token the connection had (the
+    disconnect erases the connection's own); the job deletes it whether amoCRM answered or not.
+    """
+
+    __tablename__ = "webhook_subscriptions"
+
+    connection_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    amo_webhook_id: Mapped[int | None] = mapped_column(BigInteger)
+    settings: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    subscribed_at: Mapped[datetime | None]
+    checked_at: Mapped[datetime | None]
+    restored_at: Mapped[datetime | None]
+    restores: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    unsubscribe_host: Mapped[str | None] = mapped_column(String(255))
+    unsubscribe_token_enc: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (Index("ix_webhook_subscriptions_state_checked", "state", "checked_at"),)

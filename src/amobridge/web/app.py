@@ -93,6 +93,9 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.include_router(sync_router)
     app.include_router(proxy_router)
     app.include_router(notify_router)
+    from amobridge.webhooks.router import router as webhooks_router
+
+    app.include_router(webhooks_router)
     install_docs(app)
     install_openapi(app)
 

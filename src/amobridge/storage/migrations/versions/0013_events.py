@@ -3,7 +3,7 @@ endpoint (sent by notify.deliver jobs) and the delivery log; the host_notificati
 the reauth callback is moved into it and dropped
 
 Revision ID: 0013
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-18 12:00:00
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

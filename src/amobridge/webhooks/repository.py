@@ -1,0 +1,229 @@
+"""All SQL of the webhook inbox: the connections' URL secrets, the deliveries and what amobridge
+knows of each subscription. Repositories never commit (the unit of work does).
+
+Owner isolation (invariant 6): the reads an owner can trigger (``page``, ``find``) take the owner;
+``None`` is an admin's every-owner view. The rest is for the receiver, the processor and the
+subscription jobs, which act for the connection a secret or a job names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, delete, func, insert, or_, select, update
+
+from amobridge.storage.repository import Repository
+from amobridge.storage.tables import Connection, WebhookDelivery, WebhookSubscription
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the receiver needs of the connection a URL secret names."""
+
+    connection_id: str
+    owner: str
+    account_id: int | None
+    host: str
+    status: str
+    secret_hash: str
+
+
+class WebhookConnectionRepository(Repository[Connection]):
+    model = Connection
+
+    async def by_secret_hash(self, digest: str) -> Target | None:
+        row = (
+            await self.session.execute(
+                select(
+                    Connection.id,
+                    Connection.owner,
+                    Connection.account_id,
+                    Connection.host,
+                    Connection.status,
+                    Connection.webhook_secret_hash,
+                ).where(Connection.webhook_secret_hash == digest)
+            )
+        ).first()
+        if row is None:
+            return None
+        return Target(str(row[0]), str(row[1]), row[2], str(row[3]), str(row[4]), str(row[5]))
+
+    async def owned_by(self, owner: str) -> Connection | None:
+        return await self.session.scalar(select(Connection).where(Connection.owner == owner))
+
+    async def set_secret(self, connection_id: str, *, digest: str, encrypted: str) -> None:
+        await self.session.execute(
+            update(Connection)
+            .where(Connection.id == connection_id)
+            .values(webhook_secret_hash=digest, webhook_secret_enc=encrypted)
+            .execution_options(synchronize_session=False)
+        )
+
+    async def without_subscription(self, *, limit: int = 200) -> list[Connection]:
+        """Active connections amobridge never subscribed (connected before webhooks existed,
+        or while auto-subscription was off)."""
+        rows = await self.session.scalars(
+            select(Connection)
+            .outerjoin(WebhookSubscription, WebhookSubscription.connection_id == Connection.id)
+            .where(Connection.status == "active", WebhookSubscription.connection_id.is_(None))
+            .order_by(Connection.id)
+            .limit(limit)
+        )
+        return list(rows)
+
+
+class DeliveryRepository(Repository[WebhookDelivery]):
+    model = WebhookDelivery
+
+    async def originals(
+        self, keys: Iterable[tuple[str, str]], *, since: datetime
+    ) -> dict[tuple[str, str], int]:
+        """The first delivery (not a duplicate) received since ``since`` of each
+        ``(connection_id, body_hash)``; one indexed look-up per connection."""
+        by_connection: dict[str, set[str]] = {}
+        for connection_id, digest in keys:
+            by_connection.setdefault(connection_id, set()).add(digest)
+        found: dict[tuple[str, str], int] = {}
+        for connection_id, digests in by_connection.items():
+            rows = await self.session.execute(
+                select(WebhookDelivery.body_hash, func.min(WebhookDelivery.id))
+                .where(
+                    WebhookDelivery.connection_id == connection_id,
+                    WebhookDelivery.body_hash.in_(sorted(digests)),
+                    WebhookDelivery.duplicate_of.is_(None),
+                    WebhookDelivery.received_at >= since,
+                )
+                .group_by(WebhookDelivery.body_hash)
+            )
+            for digest, id_ in rows:
+                found[(connection_id, str(digest))] = int(id_)
+        return found
+
+    async def insert_many(self, rows: Sequence[dict[str, Any]]) -> list[int]:
+        """Insert ``rows`` in one statement; their ids, in the order given."""
+        if not rows:
+            return []
+        # The table, not the mapped class: a Core insert skips the ORM's bulk machinery.
+        table = cast(Table, WebhookDelivery.__table__)
+        result = await self.session.execute(
+            insert(table).returning(table.c.id, sort_by_parameter_order=True), list(rows)
+        )
+        return [int(id_) for id_ in result.scalars()]
+
+    async def find(self, delivery_id: int, *, owner: str | None) -> WebhookDelivery | None:
+        query = select(WebhookDelivery).where(WebhookDelivery.id == delivery_id)
+        if owner is not None:
+            query = query.where(WebhookDelivery.owner == owner)
+        return await self.session.scalar(query)
+
+    async def page(
+        self,
+        *,
+        owner: str | None,
+        state: str | None,
+        connection_id: str | None = None,
+        before_id: int | None,
+        limit: int,
+    ) -> list[WebhookDelivery]:
+        """Newest first, ``limit + 1`` rows (the extra one says there is more)."""
+        query = select(WebhookDelivery)
+        if owner is not None:
+            query = query.where(WebhookDelivery.owner == owner)
+        if state is not None:
+            query = query.where(WebhookDelivery.state == state)
+        if connection_id is not None:
+            query = query.where(WebhookDelivery.connection_id == connection_id)
+        if before_id is not None:
+            query = query.where(WebhookDelivery.id < before_id)
+        query = query.order_by(WebhookDelivery.id.desc()).limit(limit + 1)
+        return list(await self.session.scalars(query))
+
+    async def to_process(self, ids: Iterable[int]) -> list[WebhookDelivery]:
+        """The ``received`` deliveries among ``ids``, oldest first, locked on PostgreSQL (a
+        second worker with the same job after a lease ran out waits, then finds them done)."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return []
+        query = (
+            select(WebhookDelivery)
+            .where(WebhookDelivery.id.in_(wanted), WebhookDelivery.state == "received")
+            .order_by(WebhookDelivery.id)
+        )
+        if self.dialect == "postgresql":
+            query = query.with_for_update()
+        return list(await self.session.scalars(query))
+
+    async def received_before(self, before: datetime, *, limit: int) -> list[tuple[int, str, str]]:
+        """``(id, connection_id, owner)`` of deliveries still ``received`` at ``before``: those
+        whose processing job is gone (the safety net of the housekeeping loop)."""
+        rows = await self.session.execute(
+            select(WebhookDelivery.id, WebhookDelivery.connection_id, WebhookDelivery.owner)
+            .where(WebhookDelivery.state == "received", WebhookDelivery.received_at < before)
+            .order_by(WebhookDelivery.id)
+            .limit(limit)
+        )
+        return [(int(a), str(b), str(c)) for a, b, c in rows]
+
+    async def purge(self, *, done_before: datetime, failed_before: datetime) -> int:
+        result = await self.session.execute(
+            delete(WebhookDelivery).where(
+                or_(
+                    and_(
+                        WebhookDelivery.state.in_(("processed", "duplicate")),
+                        WebhookDelivery.received_at < done_before,
+                    ),
+                    and_(
+                        WebhookDelivery.state == "failed",
+                        WebhookDelivery.received_at < failed_before,
+                    ),
+                )
+            )
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+class SubscriptionRepository(Repository[WebhookSubscription]):
+    model = WebhookSubscription
+
+    async def of(
+        self, connection_id: str, *, for_update: bool = False
+    ) -> WebhookSubscription | None:
+        return await self.get(connection_id, for_update=for_update)
+
+    async def ensure(self, connection_id: str, owner: str) -> WebhookSubscription:
+        found = await self.get(connection_id)
+        if found is None:
+            found = self.add(
+                WebhookSubscription(connection_id=connection_id, owner=owner, state="pending")
+            )
+            await self.flush()
+        return found
+
+    async def due_for_check(
+        self, *, checked_before: datetime, limit: int = 200
+    ) -> list[tuple[str, str]]:
+        """``(connection_id, owner)`` of subscriptions last checked before ``checked_before``
+        (or never), of active connections only."""
+        rows = await self.session.execute(
+            select(WebhookSubscription.connection_id, WebhookSubscription.owner)
+            .join(Connection, Connection.id == WebhookSubscription.connection_id)
+            .where(
+                Connection.status == "active",
+                WebhookSubscription.state.in_(("active", "pending")),
+                or_(
+                    WebhookSubscription.checked_at.is_(None),
+                    WebhookSubscription.checked_at < checked_before,
+                ),
+            )
+            .order_by(WebhookSubscription.checked_at.is_not(None), WebhookSubscription.checked_at)
+            .limit(limit)
+        )
+        return [(str(connection_id), str(owner)) for connection_id, owner in rows]
+
+    async def for_owner(self, owner: str) -> WebhookSubscription | None:
+        return await self.session.scalar(
+            select(WebhookSubscription).where(WebhookSubscription.owner == owner)
+        )
