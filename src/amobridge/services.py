@@ -123,6 +123,8 @@ class Services:
         self.webhook_tasks.register(self.job_handlers)
         self.connect.on_connected.append(self.webhooks.on_connected)
         self.connect.on_disconnecting.append(self.webhooks.on_disconnecting)
+        # What amoCRM's webhooks change in the lead mirror is announced to the host app.
+        self.webhooks.applier.on_lead = self.notify.amocrm_lead_change
 
     @classmethod
     def build(

@@ -297,6 +297,42 @@ class NotifyService:
             },
         )
 
+    async def amocrm_lead_change(
+        self,
+        session: AsyncSession,
+        lead: Lead,
+        action: str,
+        changed: list[str],
+        before: tuple[int | None, int | None] | None,
+    ) -> None:
+        """A lead change amoCRM's webhooks brought into the mirror, as events (the webhook
+        applier's ``on_lead``): ``lead.deleted``; ``lead.created`` for a lead new to the mirror
+        (``source: amocrm``) or for our own create whose webhook came before the push stored its
+        id (``source: amobridge``, the push then announces nothing); ``lead.stage_changed`` for
+        a move to another stage or pipeline, and ``lead.updated`` for any other field."""
+        if action == "delete":
+            await self.emit_lead(session, "lead.deleted", lead, source="amocrm")
+            return
+        if action in ("created", "adopted"):
+            source = "amocrm" if action == "created" else "amobridge"
+            await self.emit_lead(session, "lead.created", lead, source=source)
+            return
+        stage = {"pipeline_id", "status_id"}
+        if before is not None and stage & set(changed):
+            await self.emit_lead(
+                session,
+                "lead.stage_changed",
+                lead,
+                source="amocrm",
+                **{
+                    "from": {"pipeline_id": before[0], "stage_id": before[1]},
+                    "to": {"pipeline_id": lead.pipeline_id, "stage_id": lead.status_id},
+                },
+            )
+        others = [name for name in changed if name not in stage]
+        if others:
+            await self.emit_lead(session, "lead.updated", lead, source="amocrm", changed=others)
+
     async def _enqueue(self, session: AsyncSession, delivery: EventDelivery) -> Any:
         # No connection_id: a connection's pauses (reauth_required, disconnected) must not hold
         # the event that tells the host app about them.

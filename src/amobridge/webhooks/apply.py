@@ -19,11 +19,15 @@ Leads and contacts the mirror does not know are added (``sync_state`` ``synced``
 are the mirror's own rows whose create has not come back yet: a lead by the marker its create
 carries, a contact by its e-mail or phone. Companies, tasks, notes and the rest are not mirrored:
 counted as ignored.
+
+**Announced.** Each lead change that reached the mirror (added, changed, moved, deleted, or our
+own create come back first) is handed to ``on_lead`` in the same unit of work: the events to
+the host app (``amobridge.notify``) are written with it. Echoes and stale events are not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +43,12 @@ from amobridge.sync.views import fold
 MARKER_CODE = "AMOBRIDGE_REF"
 MARKER_NAME = "amobridge ref"
 MAX_CHANGES_LISTED = 50
+# (session, lead row, what happened, the fields changed, (pipeline_id, status_id) before): called
+# for every lead change applied; "created" (new to the mirror), "adopted" (our own create, whose
+# webhook came before the push stored its id), "delete", or amoCRM's action of an update.
+LeadListener = Callable[
+    [AsyncSession, Lead, str, list[str], tuple[int | None, int | None] | None], Awaitable[None]
+]
 MAX_BIGINT = 2**63 - 1
 MAX_TEXT = 10_000
 MAX_EMAIL = 254
@@ -229,8 +239,20 @@ def _write_custom_fields(writer: _Writer, row: Lead, given: dict[int, dict[str, 
 
 
 class MirrorApplier:
-    def __init__(self, *, phone_region: str) -> None:
+    def __init__(self, *, phone_region: str, on_lead: LeadListener | None = None) -> None:
         self.phone_region = phone_region
+        self.on_lead = on_lead
+
+    async def _announce(
+        self,
+        repo: LeadRepository,
+        row: Lead,
+        action: str,
+        changed: list[str],
+        before: tuple[int | None, int | None] | None = None,
+    ) -> None:
+        if self.on_lead is not None:
+            await self.on_lead(repo.session, row, action, changed, before)
 
     async def apply(
         self, session: AsyncSession, *, connection_id: str, owner: str, payload: WebhookPayload
@@ -279,6 +301,7 @@ class MirrorApplier:
             if row is not None and not row.deleted:
                 row.deleted = True
                 outcome.changed("leads", row, "delete", ["deleted"])
+                await self._announce(repo, row, "delete", ["deleted"])
             else:
                 outcome.echo += 1
             return
@@ -293,8 +316,10 @@ class MirrorApplier:
                 rows[event.id] = row
                 outcome.created += 1
                 outcome.changed("leads", row, event.action, ["created"])
+                await self._announce(repo, row, "created", ["created"])
                 return
             row.amo_id = event.id  # our own create, come back before its push stored the id
+            await self._announce(repo, row, "adopted", ["amo_id"])
             rows[event.id] = row
         if _is_stale(row.amo_updated_at, version):
             outcome.stale += 1
@@ -305,6 +330,7 @@ class MirrorApplier:
             writer.set("name", name)
             if "name" in writer.changed:
                 row.name_folded = fold(name)
+        before = (row.pipeline_id, row.status_id)
         writer.scalar("price", _int(event.price))
         writer.scalar("pipeline_id", _int(event.pipeline_id))
         writer.scalar("status_id", _int(event.status_id))
@@ -319,6 +345,7 @@ class MirrorApplier:
         _advance(row, version)
         if changed:
             outcome.changed("leads", row, event.action, changed)
+            await self._announce(repo, row, event.action, changed, before)
         else:
             outcome.echo += 1
 
