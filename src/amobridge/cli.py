@@ -634,6 +634,185 @@ async def _import(settings: Settings, owner: str, *, wait: bool, quiet: bool) ->
         await services.stop()
 
 
+# --- the job queue -------------------------------------------------------------------------------
+
+jobs_app = typer.Typer(help="The outbound job queue: see, retry and cancel jobs.", **HELP)
+app.add_typer(jobs_app, name="jobs")
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            min=1,
+            max=256,
+            help="Handlers run at the same time (default AMOBRIDGE_JOBS__CONCURRENCY, 4).",
+        ),
+    ] = None,
+) -> None:
+    """Run the background workers, without the HTTP API.
+
+    Jobs, the refresh keep-alive, purges and host-app notifications. Start several (one per
+    core, on more hosts) against one PostgreSQL database: they never claim the same job.
+    SIGTERM or Ctrl-C stops it after the running handlers finish.
+    """
+    import signal
+
+    from amobridge.services import Services
+
+    settings = _settings()
+    if concurrency is not None:
+        jobs = settings.jobs.model_copy(update={"concurrency": concurrency})
+        settings = settings.model_copy(update={"jobs": jobs})
+    _say_database(settings)
+    _configure_logging(settings)
+    _check_storage(settings)
+
+    async def go() -> None:
+        services = Services.build(settings)
+        services.keyring.load()
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(number, stopping.set)
+        try:
+            await services.start(workers=True)
+            running = services.job_worker
+            kinds = ", ".join(services.job_handlers.kinds()) or "none registered"
+            typer.echo(
+                f"worker {running.worker_id if running else '?'} running "
+                f"{services.settings.jobs.concurrency} at a time (job kinds: {kinds})",
+                err=True,
+            )
+            await stopping.wait()
+        finally:
+            await services.stop()
+
+    _run(go())
+
+
+def _job_line(job: Any) -> tuple[str, ...]:
+    return (
+        str(job.id),
+        job.state + (f" ({job.paused_reason})" if job.paused_reason else ""),
+        job.kind,
+        job.owner or NOTHING,
+        f"{job.attempts}/{job.max_attempts}",
+        _when(job.run_after),
+        (job.last_error or NOTHING).replace("\n", " ")[:80],
+    )
+
+
+@jobs_app.command("list")
+def jobs_list(
+    state: Annotated[
+        str | None,
+        typer.Option(
+            metavar="STATE",
+            help="pending, running, succeeded, failed, paused or cancelled.",
+        ),
+    ] = None,
+    owner: Annotated[str | None, typer.Option(metavar="OWNER", help="Only this owner's.")] = None,
+    kind: Annotated[str | None, typer.Option(metavar="KIND", help="Only this kind.")] = None,
+    limit: Annotated[
+        int, typer.Option(metavar="N", min=1, max=200, help="At most N jobs (newest first).")
+    ] = 50,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON array (for scripts) instead of a table.")
+    ] = False,
+) -> None:
+    """List jobs, newest first, with their last error."""
+    from amobridge.auth.principal import identifier_problem
+    from amobridge.services import Services
+
+    if owner is not None and (problem := identifier_problem(owner)):
+        _fail(problem, 2)
+    settings = _settings()
+    _say_database(settings)
+    _require_database(settings)
+
+    async def go() -> tuple[list[Any], dict[str, int]]:
+        services = Services.build(settings)
+        try:
+            await services.start(workers=False)
+            async with services.db.read() as session:
+                page = await services.jobs.list(
+                    session, owner=owner, state=state, kind=kind, limit=limit
+                )
+                counts = await services.jobs.counts(session, owner=owner)
+            return page.jobs, counts
+        finally:
+            await services.stop()
+
+    rows, counts = _run(go())
+    if as_json:
+        import json
+
+        from amobridge.jobs.schemas import JobOut, job_out
+
+        found = [JobOut.model_validate(job_out(row)).model_dump(mode="json") for row in rows]
+        typer.echo(json.dumps(found, indent=2, ensure_ascii=False))
+        return
+    typer.echo(", ".join(f"{n} {name}" for name, n in counts.items() if n) or "no jobs")
+    if not rows:
+        return
+    table: list[tuple[str, ...]] = [
+        ("ID", "STATE", "KIND", "OWNER", "ATTEMPTS", "RUN AFTER", "LAST ERROR")
+    ]
+    table += [_job_line(row) for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]) - 1)]
+    for line in table:
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
+        typer.echo("  ".join([*cells, line[-1]]))
+
+
+def _job_action(job_id: int, action: str) -> None:
+    from amobridge.services import Services
+
+    settings = _settings()
+    _say_database(settings)
+    _require_database(settings)
+
+    async def go() -> Any:
+        services = Services.build(settings)
+        try:
+            await services.start(workers=False)
+            async with services.db.transaction() as session:
+                if action == "retry":
+                    return await services.jobs.retry(session, job_id)
+                return await services.jobs.cancel(session, job_id)
+        finally:
+            await services.stop()
+
+    job = _run(go())
+    typer.echo(f"job {job.id} ({job.kind}) is {job.state}")
+
+
+@jobs_app.command("retry")
+def jobs_retry(
+    # Described in the docstring: Typer lists an argument with its Python type (<integer>).
+    job_id: Annotated[int, typer.Argument(metavar="ID", min=1, hidden=True)],
+) -> None:
+    """Run job ID again, attempts reset.
+
+    A failed, cancelled or paused job goes back to pending now.
+    """
+    _job_action(job_id, "retry")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: Annotated[int, typer.Argument(metavar="ID", min=1, hidden=True)],
+) -> None:
+    """Cancel job ID so it does not run.
+
+    A pending, paused or failed job; retry brings it back.
+    """
+    _job_action(job_id, "cancel")
+
+
 def main() -> None:
     try:
         app()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "amobridge"
-FEATURES = ("connect", "sync", "rules", "proxy", "webhooks", "notify")
+FEATURES = ("connect", "sync", "rules", "proxy", "jobs", "webhooks", "notify")
 
 # package (first component under amobridge) → packages/modules it must never import
 FORBIDDEN: dict[str, tuple[str, ...]] = {

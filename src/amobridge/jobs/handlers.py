@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from amobridge.amo._logging import mask_text
 from amobridge.amo.errors import (
     AmoAmbiguousWrite,
+    AmoAuthError,
     AmoBanned,
     AmoRateLimited,
     AmoReauthRequired,
@@ -151,8 +152,10 @@ def outcome_for(error: BaseException) -> Outcome:
     if isinstance(error, AmoRateLimited):
         return Outcome("defer", error=text, delay=error.retry_after)
     if isinstance(error, _RETRYABLE) or getattr(error, "retryable", False) is True:
-        # A plain 401 that survived the client's refresh lands here too (AmoAuthError is not
-        # retryable): the grant is alive (no AmoReauthRequired), so it is counted and retried.
+        return Outcome("retry", error=text)
+    if isinstance(error, AmoAuthError):
+        # A 401 that outlived the client's one refresh, while the grant itself is alive (no
+        # AmoReauthRequired): counted and retried, and failed if it keeps coming back.
         return Outcome("retry", error=text)
     return Outcome("failed", error=text)
 

@@ -19,6 +19,7 @@ running, same attempt — a job taken over meanwhile is not overwritten.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     and_,
+    bindparam,
+    case,
     event,
     exists,
     func,
@@ -55,9 +58,28 @@ PENDING, RUNNING, SUCCEEDED, FAILED, PAUSED, CANCELLED = (
 CONNECTION_HOLDS = ("reauth_required", "disconnected")
 BANNED = "banned"
 CLAIM_TRIES = 8  # candidates a claim may pass over (connections another worker is claiming)
-_ACTIVE_JOB = text("state IN ('pending', 'running', 'paused')")
 _NOTIFIED = "amobridge.jobs.notified"
 _COMMITTED = "amobridge.jobs.on_commit"
+
+
+# What enqueue writes (every column but the id and the turn, which the INSERT computes).
+_COLUMNS = (
+    "kind",
+    "owner",
+    "connection_id",
+    "payload",
+    "state",
+    "attempts",
+    "max_attempts",
+    "run_after",
+    "ordering_key",
+    "dedup_key",
+    "idempotency_key",
+    "created_at",
+    "updated_at",
+)
+_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+_TIME = Job.__table__.c.run_after.type
 
 
 @dataclass(frozen=True)
@@ -65,6 +87,13 @@ class Candidate:
     id: int
     kind: str
     connection_id: str | None
+    taken_over: bool  # a running job whose lease ran out
+
+
+@dataclass(frozen=True)
+class Claimed:
+    jobs: list[Job]
+    took_over: bool  # the claim found a dead worker's job: there may be more
 
 
 def _lane(column: Any, connection_id: str | None) -> ColumnElement[bool]:
@@ -83,50 +112,83 @@ def _advisory_key(connection_id: str) -> int:
 
 class JobRepository(Repository[Job]):
     model = Job
+    # The partial unique index's condition (the dedup key's ON CONFLICT target).
+    ACTIVE = text("state IN ('pending', 'running', 'paused')")
 
     # --- enqueue ---------------------------------------------------------------------------------
 
-    async def next_turn(self, connection_id: str | None, *, now: datetime) -> int:
-        """The new job's place in the rotation: the queue's current turn (the highest turn
-        running, else the lowest due pending one), or after the connection's own unfinished
-        jobs. A connection with a backlog thus queues behind itself, while one with nothing
-        queued goes next — however long the other's backlog."""
-        running = select(func.max(Job.turn)).where(Job.state == RUNNING).scalar_subquery()
+    @staticmethod
+    def next_turn(*, lane: Any) -> Any:
+        """The new job's place in the rotation, as an SQL expression the INSERT computes: the
+        queue's current turn (the highest turn running, else the lowest due pending one), or
+        after the connection's own unfinished jobs (``lane``: the condition naming them). A
+        connection with a backlog thus queues behind itself, while one with nothing queued goes
+        next — however long the other's backlog."""
+        turns = aliased(Job)
+        now = bindparam("now", type_=Job.__table__.c.run_after.type)
+        running = select(func.max(turns.turn)).where(turns.state == RUNNING).scalar_subquery()
         due = (
-            select(func.min(Job.turn))
-            .where(Job.state == PENDING, Job.run_after <= now)
+            select(func.min(turns.turn))
+            .where(turns.state == PENDING, turns.run_after <= now)
             .scalar_subquery()
         )
-        own = (
-            select(func.max(Job.turn))
-            .where(_lane(Job.connection_id, connection_id), Job.state.in_(JOB_ACTIVE_STATES))
+        # One max per state (an index probe each: a max over an IN list would read every
+        # unfinished job of the connection).
+        owns = [
+            select(func.max(turns.turn))
+            .where(lane(turns.connection_id), turns.state == state)
             .scalar_subquery()
-        )
-        row = (await self.session.execute(select(running, due, own))).one()
-        current = row[0] if row[0] is not None else (row[1] if row[1] is not None else 0)
-        return int(current) if row[2] is None else max(int(current), int(row[2]) + 1)
+            for state in JOB_ACTIVE_STATES
+        ]
+        own: Any = func.coalesce(*owns)
+        for other in owns:
+            own = case((other > own, other), else_=own)
+        current = func.coalesce(running, due, 0)
+        return case((own.is_(None), current), (own + 1 > current, own + 1), else_=current)
 
-    async def insert_job(self, values: dict[str, Any]) -> tuple[Job, bool]:
-        """Insert a job; with a ``dedup_key`` already held by an unfinished job, nothing is
-        inserted and that job is returned. ``(job, inserted)``."""
-        statement: Any = self.insert().values(**values)
-        if values.get("dedup_key") is not None:
+    def _insert_statement(self, *, lane: bool, dedup: bool) -> Any:
+        """The INSERT of one job, built once per shape (building SQL costs more than sending
+        it): every value a bound parameter, the turn computed in it."""
+        return self._statement(
+            ("insert", lane, dedup), lambda: self._build_insert(lane=lane, dedup=dedup)
+        )
+
+    def _build_insert(self, *, lane: bool, dedup: bool) -> Any:
+        columns = {name: bindparam(name, type_=Job.__table__.c[name].type) for name in _COLUMNS}
+
+        def in_lane(column: Any) -> Any:
+            if lane:
+                return column == bindparam("lane", type_=Job.__table__.c.connection_id.type)
+            return column.is_(None)
+
+        statement: Any = self.insert().values(**columns, turn=self.next_turn(lane=in_lane))
+        if dedup:
             statement = statement.on_conflict_do_nothing(
-                index_elements=["dedup_key"], index_where=_ACTIVE_JOB
+                index_elements=["dedup_key"], index_where=self.ACTIVE
             )
-        inserted = await self.session.scalar(statement.returning(Job.id))
-        if inserted is None:
-            existing = await self.session.scalar(
-                select(Job)
-                .where(Job.dedup_key == values["dedup_key"], Job.state.in_(JOB_ACTIVE_STATES))
-                .limit(1)
-            )
-            if existing is None:  # finished between the conflict and this read: insert again
-                return await self.insert_job(values)
-            return existing, False
-        row = await self.session.get(Job, inserted)
-        assert row is not None
-        return row, True
+        return statement.returning(Job)
+
+    async def insert_job(self, values: dict[str, Any], *, now: datetime) -> tuple[Job, bool]:
+        """Insert a job in one statement; with a ``dedup_key`` already held by an unfinished
+        job, nothing is inserted and that job is returned. ``(job, inserted)``."""
+        connection_id = values.get("connection_id")
+        statement = self._insert_statement(
+            lane=connection_id is not None, dedup=values.get("dedup_key") is not None
+        )
+        params = {name: values.get(name) for name in _COLUMNS} | {"now": now}
+        if connection_id is not None:
+            params["lane"] = connection_id
+        inserted: Job | None = (await self.session.scalars(statement, params)).first()
+        if inserted is not None:
+            return inserted, True
+        existing: Job | None = await self.session.scalar(
+            select(Job)
+            .where(Job.dedup_key == values["dedup_key"], Job.state.in_(JOB_ACTIVE_STATES))
+            .limit(1)
+        )
+        if existing is None:  # finished between the conflict and this read: insert again
+            return await self.insert_job(values, now=now)
+        return existing, False
 
     async def notify(self, kind: str) -> None:
         """Wake PostgreSQL workers when this unit commits (NOTIFY inside a transaction is
@@ -251,15 +313,17 @@ class JobRepository(Repository[Job]):
 
     # --- the claim -------------------------------------------------------------------------------
 
-    def _claimable(
-        self,
-        *,
-        kinds: Sequence[str],
-        now: datetime,
-        connection_concurrency: int,
-        excluded: set[str],
-    ) -> list[ColumnElement[bool]]:
-        """Conditions every claimed job meets, besides being due."""
+    def _statement(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        """A statement built once per dialect and shape (building SQLAlchemy statements costs
+        more than running them); every value in it is a bound parameter."""
+        full = (self.dialect, *key)
+        found = _STATEMENTS.get(full)
+        if found is None:
+            found = _STATEMENTS[full] = build()
+        return found
+
+    def _build_candidate(self, *, takeover: bool, excluding: bool) -> Any:
+        now = bindparam("now", type_=_TIME)
         running = aliased(Job)
         busy = (
             select(func.count())
@@ -278,8 +342,50 @@ class JobRepository(Repository[Job]):
             banned.paused_reason == BANNED,
             banned.paused_until > now,
         )
+        status = (
+            select(Connection.status).where(Connection.id == Job.connection_id).scalar_subquery()
+        )
+        # A running job whose lease ran out (its worker died), or a due pending one.
+        due = (
+            and_(Job.state == RUNNING, Job.locked_until <= now, Job.attempts < Job.max_attempts)
+            if takeover
+            else and_(Job.state == PENDING, Job.run_after <= now)
+        )
+        conditions = [
+            due,
+            Job.kind.in_(bindparam("kinds", expanding=True)),
+            or_(
+                Job.connection_id.is_(None),
+                and_(
+                    func.coalesce(status, literal("active")) == "active",
+                    busy < bindparam("concurrency"),
+                    ~is_banned,
+                ),
+            ),
+            or_(Job.ordering_key.is_(None), ~self._is_behind()),
+        ]
+        if excluding:
+            conditions.append(
+                or_(
+                    Job.connection_id.is_(None),
+                    Job.connection_id.not_in(bindparam("excluded", expanding=True)),
+                )
+            )
+        statement = (
+            select(Job.id, Job.kind, Job.connection_id)
+            .where(*conditions)
+            .order_by(Job.turn, Job.id)
+            .limit(1)
+        )
+        if self.dialect == "postgresql":
+            statement = statement.with_for_update(skip_locked=True, of=Job)
+        return statement
+
+    @staticmethod
+    def _is_behind() -> Any:
+        """A job of the same ordering key is ahead: running, or waiting with a smaller id."""
         ahead = aliased(Job)
-        is_behind = exists().where(
+        return exists().where(
             ahead.ordering_key == Job.ordering_key,
             ahead.id != Job.id,
             or_(
@@ -287,26 +393,6 @@ class JobRepository(Repository[Job]):
                 and_(ahead.state.in_((PENDING, PAUSED)), ahead.id < Job.id),
             ),
         )
-        status = (
-            select(Connection.status).where(Connection.id == Job.connection_id).scalar_subquery()
-        )
-        conditions = [
-            Job.kind.in_(kinds),
-            or_(
-                Job.connection_id.is_(None),
-                and_(
-                    func.coalesce(status, literal("active")) == "active",
-                    busy < connection_concurrency,
-                    ~is_banned,
-                ),
-            ),
-            or_(Job.ordering_key.is_(None), ~is_behind),
-        ]
-        if excluded:
-            conditions.append(
-                or_(Job.connection_id.is_(None), Job.connection_id.not_in(sorted(excluded)))
-            )
-        return conditions
 
     async def _candidate(
         self,
@@ -315,77 +401,81 @@ class JobRepository(Repository[Job]):
         now: datetime,
         connection_concurrency: int,
         excluded: set[str],
+        takeover: bool,
     ) -> Candidate | None:
-        conditions = self._claimable(
-            kinds=kinds,
-            now=now,
-            connection_concurrency=connection_concurrency,
-            excluded=excluded,
-        )
-        # A running job whose lease ran out first (its worker died: older work), then the
-        # pending ones, each in turn order.
-        for due in (
-            and_(Job.state == RUNNING, Job.locked_until <= now, Job.attempts < Job.max_attempts),
-            and_(Job.state == PENDING, Job.run_after <= now),
-        ):
-            statement = (
-                select(Job.id, Job.kind, Job.connection_id)
-                .where(due, *conditions)
-                .order_by(Job.turn, Job.id)
-                .limit(1)
+        params: dict[str, Any] = {
+            "now": now,
+            "kinds": list(kinds),
+            "concurrency": connection_concurrency,
+        }
+        if excluded:
+            params["excluded"] = sorted(excluded)
+        phases = (True, False) if takeover else (False,)
+        for phase in phases:
+            build = functools.partial(
+                self._build_candidate, takeover=phase, excluding=bool(excluded)
             )
-            if self.dialect == "postgresql":
-                statement = statement.with_for_update(skip_locked=True, of=Job)
-            row = (await self.session.execute(statement)).first()
+            statement = self._statement(("candidate", phase, bool(excluded)), build)
+            row = (await self.session.execute(statement, params)).first()
             if row is not None:
-                return Candidate(int(row[0]), str(row[1]), row[2])
+                return Candidate(int(row[0]), str(row[1]), row[2], taken_over=phase)
         return None
 
     async def _busy(self, connection_id: str, *, now: datetime) -> int:
-        count = await self.session.scalar(
-            select(func.count()).where(
-                Job.connection_id == connection_id,
+        statement = self._statement(
+            ("busy",),
+            lambda: select(func.count()).where(
+                Job.connection_id == bindparam("connection_id"),
                 Job.state == RUNNING,
-                Job.locked_until > now,
-            )
+                Job.locked_until > bindparam("now", type_=_TIME),
+            ),
         )
+        count = await self.session.scalar(statement, {"connection_id": connection_id, "now": now})
         return int(count or 0)
 
     async def _lock_connection(self, connection_id: str) -> bool:
         """PostgreSQL: hold the connection's claim lock until this unit ends, if free."""
-        got = await self.session.scalar(
-            select(func.pg_try_advisory_xact_lock(_advisory_key(connection_id)))
+        statement = self._statement(
+            ("lock",), lambda: select(func.pg_try_advisory_xact_lock(bindparam("key")))
         )
+        got = await self.session.scalar(statement, {"key": _advisory_key(connection_id)})
         return bool(got)
 
-    async def _batch_mates(
-        self, first: Candidate, *, now: datetime, extra: int, kinds: Sequence[str]
-    ) -> list[int]:
-        ahead = aliased(Job)
-        is_behind = exists().where(
-            ahead.ordering_key == Job.ordering_key,
-            ahead.id != Job.id,
-            or_(
-                ahead.state == RUNNING,
-                and_(ahead.state.in_((PENDING, PAUSED)), ahead.id < Job.id),
-            ),
-        )
+    def _build_batch_mates(self, *, lane: bool) -> Any:
+        column = Job.connection_id
+        now = bindparam("now", type_=_TIME)
         statement = (
             select(Job.id)
             .where(
-                Job.state == PENDING,
-                Job.run_after <= now,
-                Job.kind == first.kind,
-                _lane(Job.connection_id, first.connection_id),
-                Job.id != first.id,
-                or_(Job.ordering_key.is_(None), ~is_behind),
+                # Due pending ones, and running ones whose lease ran out (a dead worker's batch
+                # is taken over in one claim).
+                or_(
+                    and_(Job.state == PENDING, Job.run_after <= now),
+                    and_(
+                        Job.state == RUNNING,
+                        Job.locked_until <= now,
+                        Job.attempts < Job.max_attempts,
+                    ),
+                ),
+                Job.kind == bindparam("kind"),
+                column == bindparam("lane") if lane else column.is_(None),
+                Job.id != bindparam("first"),
+                or_(Job.ordering_key.is_(None), ~self._is_behind()),
             )
             .order_by(Job.turn, Job.id)
-            .limit(extra)
+            .limit(bindparam("extra"))
         )
         if self.dialect == "postgresql":
             statement = statement.with_for_update(skip_locked=True, of=Job)
-        return [int(found) for found in await self.session.scalars(statement)]
+        return statement
+
+    async def _batch_mates(self, first: Candidate, *, now: datetime, extra: int) -> list[int]:
+        lane = first.connection_id is not None
+        statement = self._statement(("mates", lane), lambda: self._build_batch_mates(lane=lane))
+        params: dict[str, Any] = {"now": now, "kind": first.kind, "first": first.id, "extra": extra}
+        if lane:
+            params["lane"] = first.connection_id
+        return [int(found) for found in await self.session.scalars(statement, params)]
 
     async def claim(
         self,
@@ -396,11 +486,13 @@ class JobRepository(Repository[Job]):
         now: datetime,
         lease_until: datetime,
         connection_concurrency: int,
-    ) -> list[Job]:
+        takeover: bool = True,
+    ) -> Claimed:
         """Claim one due job and, for a batch kind, more of its kind and connection: they are
-        ``running``, leased to ``worker_id`` until ``lease_until``, their attempt counted."""
+        ``running``, leased to ``worker_id`` until ``lease_until``, their attempt counted.
+        ``takeover``: look at running jobs whose lease ran out first."""
         if not kinds:
-            return []
+            return Claimed([], took_over=False)
         excluded: set[str] = set()
         for _ in range(CLAIM_TRIES):
             first = await self._candidate(
@@ -408,9 +500,10 @@ class JobRepository(Repository[Job]):
                 now=now,
                 connection_concurrency=connection_concurrency,
                 excluded=excluded,
+                takeover=takeover,
             )
             if first is None:
-                return []
+                return Claimed([], took_over=False)
             # PostgreSQL: another worker claiming for this connection right now would not show
             # in the busy count yet: take the connection's lock, then count again.
             if (
@@ -426,23 +519,29 @@ class JobRepository(Repository[Job]):
             ids = [first.id]
             size = batch_sizes.get(first.kind, 1)
             if size > 1:
-                ids += await self._batch_mates(first, now=now, extra=size - 1, kinds=kinds)
-            claimed = await self.session.scalars(
-                update(Job)
-                .where(Job.id.in_(ids))
-                .values(
-                    state=RUNNING,
-                    attempts=Job.attempts + 1,
-                    locked_by=worker_id,
-                    locked_until=lease_until,
-                    started_at=now,
-                    updated_at=now,
-                )
-                .returning(Job)
-                .execution_options(synchronize_session=False)
+                ids += await self._batch_mates(first, now=now, extra=size - 1)
+            statement = self._statement(
+                ("mark_running",),
+                lambda: (
+                    update(Job)
+                    .where(Job.id.in_(bindparam("ids", expanding=True)))
+                    .values(
+                        state=RUNNING,
+                        attempts=Job.attempts + 1,
+                        locked_by=bindparam("worker"),
+                        locked_until=bindparam("until", type_=_TIME),
+                        started_at=bindparam("now", type_=_TIME),
+                        updated_at=bindparam("now", type_=_TIME),
+                    )
+                    .returning(Job)
+                    .execution_options(synchronize_session=False)
+                ),
             )
-            return sorted(claimed, key=lambda job: job.id)
-        return []
+            claimed = await self.session.scalars(
+                statement, {"ids": ids, "worker": worker_id, "until": lease_until, "now": now}
+            )
+            return Claimed(sorted(claimed, key=lambda job: job.id), took_over=first.taken_over)
+        return Claimed([], took_over=False)
 
     # --- while a handler runs --------------------------------------------------------------------
 
@@ -490,18 +589,31 @@ class JobRepository(Repository[Job]):
         values: dict[str, Any],
     ) -> bool:
         """Write a claimed job's outcome if this worker still holds it (same attempt)."""
-        done = await self.session.scalars(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.state == RUNNING,
-                Job.locked_by == worker_id,
-                Job.attempts == attempt,
+        names = tuple(sorted(values))
+
+        def build() -> Any:
+            table = Job.__table__.c
+            return (
+                update(Job)
+                .where(
+                    Job.id == bindparam("job_id"),
+                    Job.state == RUNNING,
+                    Job.locked_by == bindparam("worker"),
+                    Job.attempts == bindparam("attempt"),
+                )
+                .values(
+                    locked_by=None,
+                    locked_until=None,
+                    **{name: bindparam(f"v_{name}", type_=table[name].type) for name in names},
+                )
+                .returning(Job.id)
+                .execution_options(synchronize_session=False)
             )
-            .values(locked_by=None, locked_until=None, **values)
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
-        )
+
+        statement = self._statement(("finish", names), build)
+        params = {f"v_{name}": value for name, value in values.items()}
+        params.update(job_id=job_id, worker=worker_id, attempt=attempt)
+        done = await self.session.scalars(statement, params)
         return done.first() is not None
 
     async def pause_connection(

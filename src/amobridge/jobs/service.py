@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -60,6 +61,31 @@ class JobSignal:
         return self._event.is_set()
 
 
+class QueueClock:
+    """Now, as the queue sees it: PostgreSQL's clock (one clock for every host: leases and
+    schedules agree across machines), read at most every ``REFRESH`` seconds and kept as an
+    offset from this host's, so a unit of work pays no round trip for it; SQLite's is this
+    host's. ``fixed``: a clock of the caller's own (tests)."""
+
+    REFRESH = 30.0
+
+    def __init__(self, fixed: Callable[[], datetime] | None = None) -> None:
+        self._fixed = fixed
+        self._offset: timedelta | None = None
+        self._read_at = 0.0
+
+    async def now(self, jobs: JobRepository) -> datetime:
+        if self._fixed is not None:
+            return self._fixed()
+        if jobs.dialect != "postgresql":
+            return datetime.now(UTC)
+        if self._offset is None or time.monotonic() - self._read_at > self.REFRESH:
+            database = await jobs.db_now()
+            self._offset = database - datetime.now(UTC)
+            self._read_at = time.monotonic()
+        return datetime.now(UTC) + self._offset
+
+
 @dataclass(frozen=True)
 class JobPage:
     jobs: list[Job]
@@ -88,10 +114,10 @@ class JobQueue:
     ) -> None:
         self.settings = settings
         self.signal = signal or JobSignal()
-        self._clock = clock
+        self.clock = QueueClock(clock)
 
     async def _now(self, jobs: JobRepository) -> datetime:
-        return self._clock() if self._clock is not None else await jobs.db_now()
+        return await self.clock.now(jobs)
 
     async def enqueue(
         self,
@@ -132,13 +158,13 @@ class JobQueue:
                 "attempts": 0,
                 "max_attempts": attempts,
                 "run_after": due,
-                "turn": await jobs.next_turn(connection_id, now=now),
                 "ordering_key": _key(ordering_key, "ordering_key"),
                 "dedup_key": _key(dedup_key, "dedup_key"),
                 "idempotency_key": uuid.uuid4().hex,
                 "created_at": now,
                 "updated_at": now,
-            }
+            },
+            now=now,
         )
         if inserted:
             await jobs.notify(kind)

@@ -12,16 +12,11 @@ write unit (each step is an idempotent UPDATE, so several workers running it do 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING
 
 from amobridge.jobs.repository import JobRepository
+from amobridge.jobs.service import JobSignal, QueueClock
 from amobridge.storage.db import Database
-
-if TYPE_CHECKING:
-    from amobridge.jobs.service import JobSignal
 
 log = logging.getLogger("amobridge.jobs")
 
@@ -39,16 +34,16 @@ class JobTasks:
         db: Database,
         *,
         signal: JobSignal | None = None,
-        clock: Callable[[], datetime] | None = None,
+        clock: QueueClock | None = None,
     ) -> None:
         self._db = db
         self._signal = signal
-        self._clock = clock
+        self._clock = clock or QueueClock()
 
     async def upkeep(self) -> UpkeepReport:
         async with self._db.transaction() as session:
             jobs = JobRepository(session)
-            now = self._clock() if self._clock is not None else await jobs.db_now()
+            now = await self._clock.now(jobs)
             abandoned = await jobs.fail_abandoned(now=now)
             resumed = await jobs.resume(now=now)
             held = await jobs.hold_inactive_connections(now=now)

@@ -36,7 +36,7 @@ from amobridge.jobs.handlers import (
     outcome_for,
 )
 from amobridge.jobs.repository import FAILED, PAUSED, PENDING, SUCCEEDED, JobRepository
-from amobridge.jobs.service import JobQueue
+from amobridge.jobs.service import JobQueue, QueueClock
 from amobridge.jobs.tasks import JobTasks
 from amobridge.settings import JobsSettings
 from amobridge.storage.db import Database
@@ -49,6 +49,7 @@ log = logging.getLogger("amobridge.jobs")
 SQLITE_POLL_MAX = 1.0  # SQLite has no NOTIFY: another process's enqueue is seen this fast
 COMMIT_TRIES = 3
 DEFER_DEFAULT = 1.0  # seconds a 429 without a hint waits
+TAKEOVER_EVERY = timedelta(seconds=1)
 
 
 def new_worker_id() -> str:
@@ -97,12 +98,13 @@ class JobWorker:
         self.services = services
         self.worker_id = worker_id or new_worker_id()
         self.concurrency = concurrency or settings.concurrency
-        self._clock = clock
+        self.clock = QueueClock(clock) if clock is not None else queue.clock
         self.backoff = backoff or Backoff(
             settings.backoff_base_seconds, settings.backoff_cap_seconds
         )
-        self.tasks = JobTasks(db, signal=queue.signal, clock=clock)
+        self.tasks = JobTasks(db, signal=queue.signal, clock=self.clock)
         self.signal = queue.signal
+        self._takeover_at: datetime | None = None
         self._inflight: dict[int, int] = {}  # job id → the attempt this worker holds
         self._running: set[asyncio.Task[None]] = set()
         self._freed = asyncio.Event()
@@ -114,7 +116,7 @@ class JobWorker:
     # --- time ------------------------------------------------------------------------------------
 
     async def _now(self, jobs: JobRepository) -> datetime:
-        return self._clock() if self._clock is not None else await jobs.db_now()
+        return await self.clock.now(jobs)
 
     @property
     def poll_seconds(self) -> float:
@@ -131,14 +133,21 @@ class JobWorker:
         async with self.db.transaction() as session:
             jobs = JobRepository(session)
             now = await self._now(jobs)
-            return await jobs.claim(
+            # Leases run out rarely: looking for them once a second is soon enough, and saves
+            # every other claim a query.
+            takeover = self._takeover_at is None or now >= self._takeover_at
+            claimed = await jobs.claim(
                 kinds=kinds,
                 batch_sizes=self.handlers.batch_sizes(),
                 worker_id=self.worker_id,
                 now=now,
                 lease_until=now + timedelta(seconds=self.settings.lease_seconds),
                 connection_concurrency=self.settings.connection_concurrency,
+                takeover=takeover,
             )
+            if takeover and not claimed.took_over:  # none found: look again in a second
+                self._takeover_at = now + TAKEOVER_EVERY
+            return claimed.jobs
 
     async def execute(self, jobs: Sequence[Job]) -> dict[int, Outcome]:
         """Run the handler of a claimed batch and commit the outcomes (see the module

@@ -85,12 +85,14 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     install_error_handlers(app)
 
     from amobridge.connect.router import router as connect_router
+    from amobridge.jobs.router import router as jobs_router
     from amobridge.notify.router import router as notify_router
     from amobridge.proxy.router import router as proxy_router
     from amobridge.sync.router import router as sync_router
 
     app.include_router(connect_router)
     app.include_router(sync_router)
+    app.include_router(jobs_router)
     app.include_router(proxy_router)
     app.include_router(notify_router)
     from amobridge.webhooks.router import router as webhooks_router
