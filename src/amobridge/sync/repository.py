@@ -17,9 +17,9 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from sqlalchemy import and_, delete, exists, func, or_, select
+from sqlalchemy import Table, and_, delete, exists, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
@@ -571,3 +571,12 @@ class ImportRepository(Repository[Import]):
         if links:
             self.session.add_all(links)
             await self.session.flush()
+
+    async def insert_rows(
+        self, model: type[Lead] | type[Contact], rows: list[dict[str, Any]]
+    ) -> None:
+        """New mirror rows in one multi-row INSERT (an import's page), past the ORM's unit of
+        work: each row gives every column."""
+        if rows:  # the table, not the entity: Core's executemany, no ORM bookkeeping per row
+            table = cast("Table", model.__table__)
+            await self.session.execute(insert(table), rows)

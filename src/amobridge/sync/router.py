@@ -1,4 +1,4 @@
-"""HTTP routes of the lead API: ``/leads`` and ``/contacts``.
+"""HTTP routes of the lead API: ``/leads``, ``/contacts`` and ``/imports``.
 
 Every route acts for one owner, decided as ``/amocrm/status`` decides it: an app key names the
 owner (body field ``owner`` on POST, query parameter ``owner`` elsewhere), a user's JWT acts for

@@ -29,7 +29,7 @@ from amobridge.amo.models.contacts import Contact as AmoContact
 from amobridge.amo.models.custom_fields import CustomFieldValue
 from amobridge.amo.models.leads import Lead as AmoLead
 from amobridge.amo.phones import normalize_email, normalize_phone
-from amobridge.storage.tables import Contact, Lead, LeadContact, utcnow
+from amobridge.storage.tables import Contact, Lead, LeadContact, new_id, utcnow
 from amobridge.sync import kinds
 from amobridge.sync.repository import ContactRepository, ImportRepository, LeadRepository
 from amobridge.sync.service import Queue
@@ -212,11 +212,13 @@ class MirrorUpsert:
     ) -> PageCounts:
         counts = PageCounts()
         repo = ContactRepository(session)
+        imports = ImportRepository(session)
         rows = await repo.by_amo_ids(connection_id, [i.id for i in items], for_update=True)
         markers = {i.id: marker_of(i.custom_fields_values, marker_id) for i in items}
-        waiting = await ImportRepository(session).contacts_awaiting_create(
+        waiting = await imports.contacts_awaiting_create(
             connection_id, [m for m in markers.values() if m]
         )
+        fresh: list[dict[str, Any]] = []
         for item in items:
             emails = [e for e in map(normalize_email, item.emails) if e and len(e) <= 254]
             phones = [p for p in (normalize_phone(v, self.phone_region) for v in item.phones) if p]
@@ -227,7 +229,7 @@ class MirrorUpsert:
                 marker = markers[item.id]
                 row = waiting.pop(marker, None) if marker else None
                 if row is None:
-                    repo.add(_new_contact(connection_id, owner, item, version, emails, phones))
+                    fresh.append(_new_contact(connection_id, owner, item, version, emails, phones))
                     counts.created += 1
                     continue
                 row.amo_id = item.id  # our own create, come back before its push stored the id
@@ -249,6 +251,7 @@ class MirrorUpsert:
                 writer.changed.append("deleted")
             await self._settle(session, "contacts", row, writer, version, counts)
         await repo.flush()
+        await imports.insert_rows(Contact, fresh)
         return counts
 
     async def leads(
@@ -265,7 +268,8 @@ class MirrorUpsert:
         rows = await repo.by_amo_ids(connection_id, [i.id for i in items], for_update=True)
         markers = {i.id: marker_of(i.custom_fields_values, marker_id) for i in items}
         waiting = await repo.awaiting_create(connection_id, [m for m in markers.values() if m])
-        linked: list[tuple[Lead, AmoLead]] = []
+        fresh: list[dict[str, Any]] = []
+        linked: list[tuple[str, AmoLead, bool]] = []  # lead id, its entity, whether it is new
         for item in items:
             version = amo_time(item.updated_at)
             row = rows.get(item.id)
@@ -273,9 +277,10 @@ class MirrorUpsert:
                 marker = markers[item.id]
                 row = waiting.pop(marker, None) if marker else None
                 if row is None:
-                    row = repo.add(_new_lead(connection_id, owner, item, version, marker_id))
+                    values = _new_lead(connection_id, owner, item, version, marker_id)
+                    fresh.append(values)
                     counts.created += 1
-                    linked.append((row, item))
+                    linked.append((values["id"], item, True))
                     continue
                 row.amo_id = item.id
             if _is_stale(row.amo_updated_at, version):
@@ -296,8 +301,9 @@ class MirrorUpsert:
                 row.deleted = False
                 writer.changed.append("deleted")
             await self._settle(session, "leads", row, writer, version, counts)
-            linked.append((row, item))
+            linked.append((row.id, item, False))
         await repo.flush()
+        await ImportRepository(session).insert_rows(Lead, fresh)
         await self._link(session, connection_id, linked)
         return counts
 
@@ -343,39 +349,42 @@ class MirrorUpsert:
         )
 
     async def _link(
-        self, session: AsyncSession, connection_id: str, linked: list[tuple[Lead, AmoLead]]
+        self,
+        session: AsyncSession,
+        connection_id: str,
+        linked: list[tuple[str, AmoLead, bool]],
     ) -> None:
-        """Each lead's links to the mirror's contacts as amoCRM lists them (main first)."""
-        if not linked:
+        """Each lead's links to the mirror's contacts as amoCRM lists them."""
+        wanted_ids = [c for _, item, _ in linked for c in item.contact_ids]
+        existing = [lead_id for lead_id, _, new in linked if not new]
+        if not wanted_ids and not existing:
             return
-        contacts = await ContactRepository(session).by_amo_ids(
-            connection_id, [c for _, item in linked for c in item.contact_ids]
-        )
+        contacts = await ContactRepository(session).by_amo_ids(connection_id, wanted_ids)
         imports = ImportRepository(session)
         current: dict[str, dict[str, tuple[bool, int | None]]] = {}
-        for link in await imports.lead_links(row.id for row, _ in linked):
+        for link in await imports.lead_links(existing):
             current.setdefault(link.lead_id, {})[link.contact_id] = (
                 link.is_main,
                 link.contact_amo_id,
             )
         leads = LeadRepository(session)
         new: list[LeadContact] = []
-        for row, item in linked:
+        for lead_id, item, _ in linked:
             main = item.main_contact_id
             wanted = {
                 contacts[c].id: c == main for c in dict.fromkeys(item.contact_ids) if c in contacts
             }
-            have = current.get(row.id, {})
+            have = current.get(lead_id, {})
             for contact_id, (is_main, amo_id) in have.items():
                 # A contact the mirror has not pushed yet stays linked: amoCRM cannot list it.
                 if contact_id not in wanted and amo_id is not None:
-                    await leads.unlink(row.id, contact_id)
+                    await leads.unlink(lead_id, contact_id)
                 elif contact_id in wanted and wanted[contact_id] != is_main:
-                    await imports.set_main(row.id, contact_id, wanted[contact_id])
+                    await imports.set_main(lead_id, contact_id, wanted[contact_id])
                 elif contact_id not in wanted and is_main and any(wanted.values()):
-                    await imports.set_main(row.id, contact_id, False)
+                    await imports.set_main(lead_id, contact_id, False)
             new.extend(
-                LeadContact(lead_id=row.id, contact_id=contact_id, is_main=is_main)
+                LeadContact(lead_id=lead_id, contact_id=contact_id, is_main=is_main)
                 for contact_id, is_main in wanted.items()
                 if contact_id not in have
             )
@@ -390,30 +399,20 @@ def _is_stale(stored: datetime | None, version: datetime | None) -> bool:
 
 def _new_lead(
     connection_id: str, owner: str, item: AmoLead, version: datetime | None, marker_id: int | None
-) -> Lead:
+) -> dict[str, Any]:
+    """A ``leads`` row for an entity the mirror does not have (every column given: it is
+    inserted in bulk, without the ORM's defaults)."""
     now = utcnow()
     name = _clean(item.name)
-    return Lead(
-        owner=owner,
-        connection_id=connection_id,
-        amo_id=item.id,
-        name=name,
-        name_folded=fold(name),
-        price=item.price,
-        pipeline_id=item.pipeline_id,
-        status_id=item.status_id,
-        responsible_user_id=item.responsible_user_id,
-        custom_fields=list(mirror_fields(item.custom_fields_values, marker_id).values()),
-        tags=_tags(item),
-        sync_state="synced",
-        version=1,
-        dirty={},
-        amo_updated_at=version,
-        synced_at=now,
-        local_updated_at=now,
-        created_at=amo_time(item.created_at) or now,
-        deleted=False,
-    )
+    return {
+        **_new_row(connection_id, owner, item, version, name, now),
+        "price": item.price,
+        "pipeline_id": item.pipeline_id,
+        "status_id": item.status_id,
+        "responsible_user_id": item.responsible_user_id,
+        "custom_fields": list(mirror_fields(item.custom_fields_values, marker_id).values()),
+        "unresolved": None,
+    }
 
 
 def _new_contact(
@@ -423,26 +422,44 @@ def _new_contact(
     version: datetime | None,
     emails: list[str],
     phones: list[str],
-) -> Contact:
+) -> dict[str, Any]:
     now = utcnow()
-    name = _clean(item.name)
-    return Contact(
-        owner=owner,
-        connection_id=connection_id,
-        amo_id=item.id,
-        name=name,
-        name_folded=fold(name),
-        email=emails[0] if emails else None,
-        phone=phones[0] if phones else None,
-        emails=emails,
-        phones=phones,
-        tags=_tags(item),
-        sync_state="synced",
-        version=1,
-        dirty={},
-        amo_updated_at=version,
-        synced_at=now,
-        local_updated_at=now,
-        created_at=amo_time(item.created_at) or now,
-        deleted=False,
-    )
+    return {
+        **_new_row(connection_id, owner, item, version, _clean(item.name), now),
+        "email": emails[0] if emails else None,
+        "phone": phones[0] if phones else None,
+        "emails": emails,
+        "phones": phones,
+    }
+
+
+def _new_row(
+    connection_id: str,
+    owner: str,
+    item: AmoLead | AmoContact,
+    version: datetime | None,
+    name: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "owner": owner,
+        "connection_id": connection_id,
+        "amo_id": item.id,
+        "name": name,
+        "name_folded": fold(name),
+        "tags": _tags(item),
+        "external_id": None,
+        "sync_state": "synced",
+        "last_error": None,
+        "create_key": None,
+        "pushed_at": None,
+        "version": 1,
+        "dirty": {},
+        "amo_updated_at": version,
+        "synced_at": now,
+        "local_updated_at": now,
+        "created_at": amo_time(item.created_at) or now,
+        "updated_at": now,
+        "deleted": False,
+    }
