@@ -2,8 +2,9 @@
 
 Each process builds its own :class:`~amobridge.jobs.JobWorker` on the shared PostgreSQL
 database, with a handler that records every execution in ``job_runs`` (a table of the test's
-own: which job, which worker, which connection, when it started and ended), and runs until the
-test sets ``stop`` — or kills it with SIGKILL (no shutdown code runs: its leases just run out).
+own: which job, which worker, which connection, when it started and ended). It sets ``ready``
+once it listens for wake-ups, and runs until the test sets ``stop`` — or kills it with SIGKILL
+(no shutdown code runs: its leases just run out).
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ def context() -> Any:
 
 
 def run_worker(
-    url: str, name: str, settings: dict[str, Any], work_seconds: float, stop: Any
+    url: str, name: str, settings: dict[str, Any], work_seconds: float, stop: Any, ready: Any
 ) -> None:
-    asyncio.run(_run(url, name, settings, work_seconds, stop))
+    asyncio.run(_run(url, name, settings, work_seconds, stop, ready))
 
 
 async def _run(
-    url: str, name: str, settings: dict[str, Any], work_seconds: float, stop: Any
+    url: str, name: str, settings: dict[str, Any], work_seconds: float, stop: Any, ready: Any
 ) -> None:
     from sqlalchemy import text
 
@@ -88,6 +89,8 @@ async def _run(
     )
     worker.start()
     try:
+        await asyncio.wait_for(worker.listening.wait(), 30)
+        ready.set()  # listening: the test queues the jobs once every worker is
         await asyncio.to_thread(stop.wait)
     finally:
         await worker.stop()

@@ -88,18 +88,23 @@ class Workers:
         # One event each: setting an event another process waits on blocks until every waiter
         # has woken, and a killed one never does.
         self.stops = [ctx.Event() for _ in range(PROCESSES)]
+        self.ready = [ctx.Event() for _ in range(PROCESSES)]
         self.procs = [
             ctx.Process(
                 target=run_worker,
-                args=(url, f"proc-{i}", settings, work_seconds, stop),
+                args=(url, f"proc-{i}", settings, work_seconds, stop, ready),
                 name=f"job-worker-{i}",
             )
-            for i, stop in enumerate(self.stops)
+            for i, (stop, ready) in enumerate(zip(self.stops, self.ready, strict=True))
         ]
 
     async def start(self) -> None:
+        """Start every worker and wait until each one listens (they compete from the first
+        job on)."""
         for proc in self.procs:
             await asyncio.to_thread(proc.start)
+        for proc, ready in zip(self.procs, self.ready, strict=True):
+            assert await asyncio.to_thread(ready.wait, 30), f"{proc.name} did not start"
 
     async def finish(self) -> None:
         for stop, proc in zip(self.stops, self.procs, strict=True):
@@ -155,11 +160,11 @@ def assert_no_connection_ran_twice_at_once(found: list[Any]) -> None:
 
 
 async def test_four_processes_run_every_job_exactly_once(db: Database, pg_url: str) -> None:
-    await enqueue_all(db)
     settings = {"concurrency": 4, "lease_seconds": 60, "poll_seconds": 1.0}
     workers = Workers(pg_url, settings, work_seconds=0.002)
     try:
         await workers.start()
+        await enqueue_all(db)  # one NOTIFY wakes all four
         await wait_for_succeeded(db, SINGLES + BATCHED, deadline=90)
         await workers.finish()
         assert [proc.exitcode for proc in workers.procs] == [0] * PROCESSES
@@ -176,21 +181,29 @@ async def test_four_processes_run_every_job_exactly_once(db: Database, pg_url: s
     assert attempts == {1}
 
 
+async def held_by(db: Database, worker: str) -> set[int]:
+    async with db.read() as session:
+        return set(
+            await session.scalars(
+                select(Job.id).where(Job.state == "running", Job.locked_by == worker)
+            )
+        )
+
+
 async def test_a_killed_workers_jobs_are_taken_over(db: Database, pg_url: str) -> None:
-    await enqueue_all(db)
     # Short leases, so the killed worker's jobs are taken over within seconds.
     settings = {"concurrency": 4, "lease_seconds": 2, "poll_seconds": 0.5, "resume_seconds": 0.5}
     workers = Workers(pg_url, settings, work_seconds=0.01)
     try:
         await workers.start()
+        await enqueue_all(db)
         await wait_for_succeeded(db, (SINGLES + BATCHED) // 10, deadline=60)
+        limit = time.monotonic() + 30
+        while not await held_by(db, "proc-0"):  # kill it while it holds jobs
+            assert time.monotonic() < limit, "proc-0 never held a job"
+            await asyncio.sleep(0.01)
         workers.kill(0)
-        async with db.read() as session:
-            held = set(
-                await session.scalars(
-                    select(Job.id).where(Job.state == "running", Job.locked_by == "proc-0")
-                )
-            )
+        held = await held_by(db, "proc-0")
         await wait_for_succeeded(db, SINGLES + BATCHED, deadline=90)
         await workers.finish()
     finally:

@@ -297,6 +297,14 @@ async def test_a_disconnected_connection_pauses_its_jobs(jobs: Jobs) -> None:
     assert (paused.state, paused.paused_reason) == ("paused", "disconnected")
 
 
+async def test_a_job_without_a_connection_is_retried_not_paused_for_ever(jobs: Jobs) -> None:
+    jobs.handlers.register("t.push", raising(AmoReauthRequired("revoked", status=400)))
+    job = await jobs.enqueue(kind="t.push")  # nothing would ever resume it
+    await jobs.worker().run_once()
+    retried = await jobs.job(job.id)
+    assert (retried.state, retried.attempts, retried.paused_reason) == ("pending", 1, None)
+
+
 async def test_a_ban_pauses_the_connection_until_it_ends(jobs: Jobs) -> None:
     connection = await jobs.connection()
     ends = jobs.clock.now + timedelta(hours=1)

@@ -41,6 +41,7 @@ REAUTH_REQUIRED = "reauth_required"
 DISCONNECTED = "disconnected"
 BANNED = "banned"
 CONNECTION_PAUSES = (REAUTH_REQUIRED, DISCONNECTED, BANNED)
+WAIT_FOR_CONNECTION = (REAUTH_REQUIRED, DISCONNECTED)  # they end when it is active again
 ERROR_TEXT_LIMIT = 2000
 
 Handler = Callable[["JobContext", Sequence[Job]], Awaitable[object]]

@@ -29,6 +29,7 @@ from typing import Any
 from amobridge.connect.clients import ConnectionClients
 from amobridge.jobs.handlers import (
     CONNECTION_PAUSES,
+    WAIT_FOR_CONNECTION,
     JobContext,
     JobHandlers,
     Outcome,
@@ -205,6 +206,10 @@ class JobWorker:
 
     def _values(self, job: Job, outcome: Outcome, now: datetime) -> dict[str, Any]:
         """The columns an outcome writes (attempt ``job.attempts`` is the one just run)."""
+        waits = outcome.kind == "paused" and outcome.reason in WAIT_FOR_CONNECTION
+        if waits and job.connection_id is None:
+            # No connection to wait for: a job without one is retried (and counted).
+            outcome = Outcome("retry", error=outcome.error or f"paused: {outcome.reason}")
         values: dict[str, Any] = {"updated_at": now}
         if outcome.error is not None:
             values["last_error"] = outcome.error
