@@ -30,14 +30,13 @@ from sqlalchemy import (
     ColumnElement,
     and_,
     bindparam,
-    case,
     event,
     exists,
     func,
-    literal,
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.orm import aliased
@@ -132,19 +131,19 @@ class JobRepository(Repository[Job]):
             .where(turns.state == PENDING, turns.run_after <= now)
             .scalar_subquery()
         )
-        # One max per state (an index probe each: a max over an IN list would read every
-        # unfinished job of the connection).
-        owns = [
-            select(func.max(turns.turn))
-            .where(lane(turns.connection_id), turns.state == state)
-            .scalar_subquery()
+        current = func.coalesce(running, due, 0)
+        # max(current - 1, the connection's highest unfinished turn) + 1, each part written
+        # once (an expression repeating them grew with every CASE), one index probe per state
+        # (a max over an IN list of states would read every unfinished job of the connection);
+        # max() skips the NULL of a state without jobs.
+        parts = [select((current - 1).label("turn"))] + [
+            select(func.max(turns.turn).label("turn")).where(
+                lane(turns.connection_id), turns.state == state
+            )
             for state in JOB_ACTIVE_STATES
         ]
-        own: Any = func.coalesce(*owns)
-        for other in owns:
-            own = case((other > own, other), else_=own)
-        current = func.coalesce(running, due, 0)
-        return case((own.is_(None), current), (own + 1 > current, own + 1), else_=current)
+        candidates = union_all(*parts).subquery("turns")
+        return select(func.max(candidates.c.turn) + 1).scalar_subquery()
 
     def _insert_statement(self, *, lane: bool, dedup: bool) -> Any:
         """The INSERT of one job, built once per shape (building SQL costs more than sending
@@ -324,27 +323,29 @@ class JobRepository(Repository[Job]):
 
     def _build_candidate(self, *, takeover: bool, excluding: bool) -> Any:
         now = bindparam("now", type_=_TIME)
+        # The connections whose jobs wait: each set is computed once per claim and looked up
+        # per candidate (a hashed NOT IN), so a claim passing over a busy connection's backlog
+        # of thousands does not count that connection's running jobs once per job. Never a
+        # NULL in them: NOT IN a set holding NULL is never true.
         running = aliased(Job)
         busy = (
-            select(func.count())
-            .select_from(running)
+            select(running.connection_id)
             .where(
-                running.connection_id == Job.connection_id,
+                running.connection_id.is_not(None),
                 running.state == RUNNING,
                 running.locked_until > now,
             )
-            .scalar_subquery()
+            .group_by(running.connection_id)
+            .having(func.count() >= bindparam("concurrency"))
         )
-        banned = aliased(Job)
-        is_banned = exists().where(
-            banned.connection_id == Job.connection_id,
-            banned.state == PAUSED,
-            banned.paused_reason == BANNED,
-            banned.paused_until > now,
+        paused = aliased(Job)
+        banned = select(paused.connection_id).where(
+            paused.connection_id.is_not(None),
+            paused.state == PAUSED,
+            paused.paused_reason == BANNED,
+            paused.paused_until > now,
         )
-        status = (
-            select(Connection.status).where(Connection.id == Job.connection_id).scalar_subquery()
-        )
+        inactive = select(Connection.id).where(Connection.status != "active")
         # A running job whose lease ran out (its worker died), or a due pending one.
         due = (
             and_(Job.state == RUNNING, Job.locked_until <= now, Job.attempts < Job.max_attempts)
@@ -357,9 +358,9 @@ class JobRepository(Repository[Job]):
             or_(
                 Job.connection_id.is_(None),
                 and_(
-                    func.coalesce(status, literal("active")) == "active",
-                    busy < bindparam("concurrency"),
-                    ~is_banned,
+                    Job.connection_id.not_in(busy),
+                    Job.connection_id.not_in(banned),
+                    Job.connection_id.not_in(inactive),
                 ),
             ),
             or_(Job.ordering_key.is_(None), ~self._is_behind()),
