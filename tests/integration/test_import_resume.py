@@ -138,3 +138,30 @@ async def test_a_cancelled_handler_hands_back_and_goes_on_from_its_cursor(
     assert done["state"] == "succeeded", done
     assert sorted(row.amo_id for row in await mirror_leads(stack)) == sorted(leads)
     assert _lead_pages(await list_requests(stack, "/api/v4/leads")).count("1") == 1
+
+
+async def test_a_page_that_meets_a_row_stored_meanwhile_is_written_again(
+    stack: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook storing one of the page's leads between the page's read and its insert makes
+    the insert fail on the unique amoCRM id: the page is written again, now updating it."""
+    from sqlalchemy.exc import IntegrityError
+
+    leads = await _seeded(stack)
+    upsert = stack.services.import_tasks.upsert
+    original = upsert.leads
+    raced: list[int] = []
+
+    async def racing(session: Any, **kwargs: Any) -> Any:
+        if not raced:
+            raced.append(1)
+            raise IntegrityError("INSERT INTO leads …", {}, Exception("duplicate amo_id"))
+        return await original(session, **kwargs)
+
+    monkeypatch.setattr(upsert, "leads", racing)
+    made = (await start_import(stack)).json()
+    await run_pulls(stack)
+    done = (await get_import(stack, made["id"])).json()
+    assert done["state"] == "succeeded", done
+    assert done["pages"]["leads"] == 3
+    assert sorted(row.amo_id for row in await mirror_leads(stack)) == sorted(leads)

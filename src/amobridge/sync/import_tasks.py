@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from sqlalchemy.exc import IntegrityError
+
 from amobridge.amo.client import AmoClient
 from amobridge.amo.models.base import Page
 from amobridge.amo.models.contacts import Contact as AmoContact
@@ -220,7 +222,12 @@ class ImportTasks:
                     # the speed.
                     fetch = asyncio.create_task(self._fetch(client, entity, key, following))
                 fresh = [item for item in page.items if item.id not in cursor.seen]
-                run = await self._apply(run, entity, cursor, fresh, following, marker_id)
+                try:
+                    run = await self._apply(run, entity, cursor, fresh, following, marker_id)
+                except IntegrityError:
+                    # A webhook or a push stored one of these entities meanwhile: the page
+                    # again finds it by its amoCRM id and updates it instead.
+                    run = await self._apply(run, entity, cursor, fresh, following, marker_id)
                 if following is None:
                     return run
                 cursor = following
