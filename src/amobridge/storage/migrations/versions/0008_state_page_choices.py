@@ -1,4 +1,6 @@
-"""what an OAuth state keeps for the pages at its end: the page language the flow started with,
+"""what an OAuth state keeps for the pages at its end
+
+what an OAuth state keeps for the pages at its end: the page language the flow started with,
 the host app's return URL, and when it connected (a reload of the success page shows it again)
 
 Revision ID: 0008

@@ -1,4 +1,6 @@
-"""the lead mirror: leads, contacts, their links, POST idempotency keys and the per-connection
+"""the lead mirror: leads, contacts, links, idempotency keys, catalogue
+
+the lead mirror: leads, contacts, their links, POST idempotency keys and the per-connection
 catalogue of pipelines and custom fields
 
 Revision ID: 0010

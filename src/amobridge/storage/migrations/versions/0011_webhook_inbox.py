@@ -1,4 +1,6 @@
-"""the webhook inbox: deliveries stored before they are answered, what amobridge knows of each
+"""the webhook inbox, each connection's subscription, hashed URL secrets
+
+the webhook inbox: deliveries stored before they are answered, what amobridge knows of each
 connection's subscription, and the connections' webhook URL secret kept as a SHA-256 (and
 encrypted) instead of in plain text
 

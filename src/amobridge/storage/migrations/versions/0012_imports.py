@@ -1,4 +1,6 @@
-"""imports: the runs that pull an account into the lead mirror (a full import or a catch-up),
+"""imports: the runs that pull an account into the lead mirror
+
+imports: the runs that pull an account into the lead mirror (a full import or a catch-up),
 each with the cursor it has committed
 
 Revision ID: 0012

@@ -1,4 +1,6 @@
-"""events to the host app: the outbox of events, their endpoints, one delivery per event and
+"""events to the host app: the outbox, endpoints, deliveries, delivery log
+
+events to the host app: the outbox of events, their endpoints, one delivery per event and
 endpoint (sent by notify.deliver jobs) and the delivery log; the host_notifications queue of
 the reauth callback is moved into it and dropped
 
