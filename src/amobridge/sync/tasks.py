@@ -383,6 +383,9 @@ class SyncTasks:
                         contact_id,
                         item.contact_version,
                     )
+                    # A lead of this run sharing the contact links it instead of creating it
+                    # again (the row object is theirs too), as after a create in _created.
+                    item.contact.amo_id = contact_id
         for item, found in adopted:
             context.succeed(item.job, {"amo_id": found.id, "reconciled": True})
 
