@@ -23,7 +23,7 @@ import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -41,7 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import aliased
 
-from amobridge.storage.repository import Repository
+from amobridge.storage.repository import Repository, UnitRepository, dialect_insert
 from amobridge.storage.tables import JOB_ACTIVE_STATES, Connection, Job
 
 NOTIFY_CHANNEL = "amobridge_jobs"
@@ -109,6 +109,29 @@ def _advisory_key(connection_id: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+class JobUnitRepository(UnitRepository):
+    """Enqueueing on the synchronous connection of a unit run in one call
+    (:meth:`Database.run_unit <amobridge.storage.db.Database.run_unit>`): the same statements
+    as :meth:`JobRepository.insert_job` and :meth:`JobRepository.notify`."""
+
+    def insert_job(self, values: dict[str, Any], *, now: datetime) -> bool:
+        """Whether it was inserted (False: an unfinished job holds its ``dedup_key``)."""
+        made, params = JobRepository.insert_call(self.dialect, values, now)
+        return self.connection.execute(made, params).first() is not None
+
+    def notify(self, kind: str) -> None:
+        """``NOTIFY`` on PostgreSQL, delivered when the unit commits."""
+        if self.dialect == "postgresql":
+            self.connection.execute(select(func.pg_notify(NOTIFY_CHANNEL, kind)))
+
+    def db_now(self) -> datetime:
+        if self.dialect == "postgresql":
+            value = self.connection.scalar(select(func.clock_timestamp()))
+            if isinstance(value, datetime):
+                return value.astimezone(UTC)
+        return datetime.now(UTC)
+
+
 class JobRepository(Repository[Job]):
     model = Job
     # The partial unique index's condition (the dedup key's ON CONFLICT target).
@@ -145,46 +168,69 @@ class JobRepository(Repository[Job]):
         candidates = union_all(*parts).subquery("turns")
         return select(func.max(candidates.c.turn) + 1).scalar_subquery()
 
-    def _insert_statement(self, *, lane: bool, dedup: bool) -> Any:
-        """The INSERT of one job, built once per shape (building SQL costs more than sending
-        it): every value a bound parameter, the turn computed in it."""
-        return self._statement(
-            ("insert", lane, dedup), lambda: self._build_insert(lane=lane, dedup=dedup)
-        )
+    @staticmethod
+    def statement(dialect: str, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        """A statement built once per dialect and shape (building SQLAlchemy statements costs
+        more than running them); every value in it is a bound parameter."""
+        full = (dialect, *key)
+        found = _STATEMENTS.get(full)
+        if found is None:
+            found = _STATEMENTS[full] = build()
+        return found
 
-    def _build_insert(self, *, lane: bool, dedup: bool) -> Any:
-        columns = {name: bindparam(name, type_=Job.__table__.c[name].type) for name in _COLUMNS}
+    @classmethod
+    def insert_statement(cls, dialect: str, *, lane: bool, dedup: bool) -> Any:
+        """The INSERT of one job, built once per shape: every value a bound parameter, the
+        turn computed in it."""
 
-        def in_lane(column: Any) -> Any:
-            if lane:
-                return column == bindparam("lane", type_=Job.__table__.c.connection_id.type)
-            return column.is_(None)
+        def build() -> Any:
+            columns = {name: bindparam(name, type_=Job.__table__.c[name].type) for name in _COLUMNS}
 
-        statement: Any = self.insert().values(**columns, turn=self.next_turn(lane=in_lane))
-        if dedup:
-            statement = statement.on_conflict_do_nothing(
-                index_elements=["dedup_key"], index_where=self.ACTIVE
+            def in_lane(column: Any) -> Any:
+                if lane:
+                    return column == bindparam("lane", type_=Job.__table__.c.connection_id.type)
+                return column.is_(None)
+
+            made: Any = dialect_insert(dialect, Job).values(
+                **columns, turn=cls.next_turn(lane=in_lane)
             )
-        return statement.returning(Job)
+            if dedup:
+                made = made.on_conflict_do_nothing(
+                    index_elements=["dedup_key"], index_where=cls.ACTIVE
+                )
+            return made.returning(Job)
 
-    async def insert_job(self, values: dict[str, Any], *, now: datetime) -> tuple[Job, bool]:
-        """Insert a job in one statement; with a ``dedup_key`` already held by an unfinished
-        job, nothing is inserted and that job is returned. ``(job, inserted)``."""
+        return cls.statement(dialect, ("insert", lane, dedup), build)
+
+    @classmethod
+    def insert_call(
+        cls, dialect: str, values: dict[str, Any], now: datetime
+    ) -> tuple[Any, dict[str, Any]]:
+        """The job INSERT and its parameters for ``values``."""
         connection_id = values.get("connection_id")
-        statement = self._insert_statement(
-            lane=connection_id is not None, dedup=values.get("dedup_key") is not None
+        made = cls.insert_statement(
+            dialect, lane=connection_id is not None, dedup=values.get("dedup_key") is not None
         )
         params = {name: values.get(name) for name in _COLUMNS} | {"now": now}
         if connection_id is not None:
             params["lane"] = connection_id
-        inserted: Job | None = (await self.session.scalars(statement, params)).first()
+        return made, params
+
+    @staticmethod
+    def held_by(dedup_key: str) -> Any:
+        """The unfinished job holding ``dedup_key``."""
+        return (
+            select(Job).where(Job.dedup_key == dedup_key, Job.state.in_(JOB_ACTIVE_STATES)).limit(1)
+        )
+
+    async def insert_job(self, values: dict[str, Any], *, now: datetime) -> tuple[Job, bool]:
+        """Insert a job in one statement; with a ``dedup_key`` already held by an unfinished
+        job, nothing is inserted and that job is returned. ``(job, inserted)``."""
+        made, params = self.insert_call(self.dialect, values, now)
+        inserted: Job | None = (await self.session.scalars(made, params)).first()
         if inserted is not None:
             return inserted, True
-        existing: Job | None = await self.session.scalar(
-            select(Job)
-            .where(Job.dedup_key == values["dedup_key"], Job.state.in_(JOB_ACTIVE_STATES))
-            .limit(1)
-        )
+        existing: Job | None = await self.session.scalar(self.held_by(values["dedup_key"]))
         if existing is None:  # finished between the conflict and this read: insert again
             return await self.insert_job(values, now=now)
         return existing, False
@@ -313,13 +359,7 @@ class JobRepository(Repository[Job]):
     # --- the claim -------------------------------------------------------------------------------
 
     def _statement(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
-        """A statement built once per dialect and shape (building SQLAlchemy statements costs
-        more than running them); every value in it is a bound parameter."""
-        full = (self.dialect, *key)
-        found = _STATEMENTS.get(full)
-        if found is None:
-            found = _STATEMENTS[full] = build()
-        return found
+        return self.statement(self.dialect, key, build)
 
     def _build_candidate(self, *, takeover: bool, excluding: bool) -> Any:
         now = bindparam("now", type_=_TIME)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from amobridge.errors import Conflict, NotFound, ServiceError
@@ -28,6 +29,7 @@ from amobridge.jobs.repository import (
     PENDING,
     RUNNING,
     JobRepository,
+    JobUnitRepository,
 )
 from amobridge.settings import JobsSettings
 from amobridge.storage.tables import JOB_STATES, Job
@@ -85,6 +87,17 @@ class QueueClock:
             self._read_at = time.monotonic()
         return datetime.now(UTC) + self._offset
 
+    def now_in(self, jobs: JobUnitRepository) -> datetime:
+        """:meth:`now` within a unit run in one call (a synchronous connection)."""
+        if self._fixed is not None:
+            return self._fixed()
+        if jobs.dialect != "postgresql":
+            return datetime.now(UTC)
+        if self._offset is None or time.monotonic() - self._read_at > self.REFRESH:
+            self._offset = jobs.db_now() - datetime.now(UTC)
+            self._read_at = time.monotonic()
+        return datetime.now(UTC) + self._offset
+
 
 @dataclass(frozen=True)
 class JobPage:
@@ -135,41 +148,88 @@ class JobQueue:
         """Queue a job in the caller's unit of work: it exists, and workers are woken, only
         once that unit commits. With a ``dedup_key`` an unfinished job already holds, that job
         is returned instead."""
-        if not kind or len(kind) > 64:
-            raise ValueError("a job kind is 1 to 64 characters, e.g. sync.push_lead")
-        if not isinstance(payload, dict):
-            raise TypeError("a job's payload is a JSON object (a dict)")
-        json.dumps(payload)  # refuse what the JSON column could not store, here and now
-        attempts = self.settings.max_attempts if max_attempts is None else max_attempts
-        if attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if connection_id is not None and not 1 <= len(connection_id) <= 32:
-            raise ValueError("connection_id must be 1 to 32 characters")
         jobs = JobRepository(session)
         now = await self._now(jobs)
-        due = now if run_after is None else _utc(run_after, "run_after")
+        values = self._values(now, kind, payload, owner, connection_id, ordering_key, dedup_key)
         job, inserted = await jobs.insert_job(
-            {
-                "kind": kind,
-                "owner": owner,
-                "connection_id": connection_id,
-                "payload": payload,
-                "state": PENDING,
-                "attempts": 0,
-                "max_attempts": attempts,
-                "run_after": due,
-                "ordering_key": _key(ordering_key, "ordering_key"),
-                "dedup_key": _key(dedup_key, "dedup_key"),
-                "idempotency_key": uuid.uuid4().hex,
-                "created_at": now,
-                "updated_at": now,
-            },
-            now=now,
+            self._due(values, now, run_after, max_attempts), now=now
         )
         if inserted:
             await jobs.notify(kind)
             jobs.on_commit(self.signal.notify)
         return job
+
+    def enqueue_in(
+        self,
+        connection: Connection,
+        *,
+        kind: str,
+        payload: dict[str, Any],
+        owner: str | None = None,
+        connection_id: str | None = None,
+        ordering_key: str | None = None,
+        dedup_key: str | None = None,
+    ) -> bool:
+        """:meth:`enqueue` in a unit run in one call (:meth:`Database.run_unit
+        <amobridge.storage.db.Database.run_unit>`), on its synchronous connection; whether a job
+        was inserted. This process's worker is not woken by it: call :meth:`wake` once that
+        unit has committed (PostgreSQL's workers are, by the NOTIFY sent in it)."""
+        jobs = JobUnitRepository(connection)
+        now = self.clock.now_in(jobs)
+        values = self._values(now, kind, payload, owner, connection_id, ordering_key, dedup_key)
+        inserted = jobs.insert_job(self._due(values, now, None, None), now=now)
+        if inserted:
+            jobs.notify(kind)
+        return inserted
+
+    def wake(self) -> None:
+        """Wake this process's worker (after a unit that enqueued with :meth:`enqueue_in`
+        committed)."""
+        self.signal.notify()
+
+    @staticmethod
+    def _values(
+        now: datetime,
+        kind: str,
+        payload: dict[str, Any],
+        owner: str | None,
+        connection_id: str | None,
+        ordering_key: str | None,
+        dedup_key: str | None,
+    ) -> dict[str, Any]:
+        if not kind or len(kind) > 64:
+            raise ValueError("a job kind is 1 to 64 characters, e.g. sync.push_lead")
+        if not isinstance(payload, dict):
+            raise TypeError("a job's payload is a JSON object (a dict)")
+        json.dumps(payload)  # refuse what the JSON column could not store, here and now
+        if connection_id is not None and not 1 <= len(connection_id) <= 32:
+            raise ValueError("connection_id must be 1 to 32 characters")
+        return {
+            "kind": kind,
+            "owner": owner,
+            "connection_id": connection_id,
+            "payload": payload,
+            "state": PENDING,
+            "attempts": 0,
+            "ordering_key": _key(ordering_key, "ordering_key"),
+            "dedup_key": _key(dedup_key, "dedup_key"),
+            "idempotency_key": uuid.uuid4().hex,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def _due(
+        self,
+        values: dict[str, Any],
+        now: datetime,
+        run_after: datetime | None,
+        max_attempts: int | None,
+    ) -> dict[str, Any]:
+        attempts = self.settings.max_attempts if max_attempts is None else max_attempts
+        if attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        due = now if run_after is None else _utc(run_after, "run_after")
+        return values | {"max_attempts": attempts, "run_after": due}
 
     async def get(self, session: AsyncSession, job_id: int, *, owner: str | None = None) -> Job:
         """The job; with ``owner``, only if it is that owner's (``NotFound`` otherwise, the

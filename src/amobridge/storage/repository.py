@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
-from sqlalchemy import Insert, func, select
+from sqlalchemy import Connection, Insert, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from amobridge.storage.tables import Base
 
 Model = TypeVar("Model", bound=Base)
+
+
+def dialect_insert(dialect: str, model: type[Base]) -> Insert:
+    """``INSERT`` into ``model`` in ``dialect``'s own form, which knows ``ON CONFLICT``."""
+    if dialect == "postgresql":
+        return pg_insert(model)
+    return sqlite_insert(model)
 
 
 class Repository(Generic[Model]):
@@ -50,9 +57,7 @@ class Repository(Generic[Model]):
 
     def insert(self) -> Insert:
         """``INSERT`` in the dialect that knows ``ON CONFLICT`` (``on_conflict_do_nothing``)."""
-        if self.dialect == "postgresql":
-            return pg_insert(self.model)
-        return sqlite_insert(self.model)
+        return dialect_insert(self.dialect, self.model)
 
     async def db_now(self) -> datetime:
         """The database's clock on PostgreSQL (one clock for every host), else this host's."""
@@ -62,3 +67,12 @@ class Repository(Generic[Model]):
             if isinstance(value, datetime):
                 return value.astimezone(UTC)
         return datetime.now(UTC)
+
+
+class UnitRepository:
+    """SQL on the synchronous connection of a unit run in one call (:meth:`Database.run_unit
+    <amobridge.storage.db.Database.run_unit>`, the hot paths): never commits either."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.dialect = connection.dialect.name

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, and_, delete, func, insert, or_, select, update
 
-from amobridge.storage.repository import Repository
+from amobridge.storage.repository import Repository, UnitRepository
 from amobridge.storage.tables import Connection, WebhookDelivery, WebhookSubscription
 
 
@@ -75,10 +75,11 @@ class WebhookConnectionRepository(Repository[Connection]):
         return list(rows)
 
 
-class DeliveryRepository(Repository[WebhookDelivery]):
-    model = WebhookDelivery
+class DeliveryUnitRepository(UnitRepository):
+    """The receiver's SQL, on the synchronous connection of its unit (one call on the
+    database's unit thread: :meth:`Database.run_unit <amobridge.storage.db.Database.run_unit>`)."""
 
-    async def originals(
+    def originals(
         self, keys: Iterable[tuple[str, str]], *, since: datetime
     ) -> dict[tuple[str, str], int]:
         """The first delivery (not a duplicate) received since ``since`` of each
@@ -88,7 +89,7 @@ class DeliveryRepository(Repository[WebhookDelivery]):
             by_connection.setdefault(connection_id, set()).add(digest)
         found: dict[tuple[str, str], int] = {}
         for connection_id, digests in by_connection.items():
-            rows = await self.session.execute(
+            rows = self.connection.execute(
                 select(WebhookDelivery.body_hash, func.min(WebhookDelivery.id))
                 .where(
                     WebhookDelivery.connection_id == connection_id,
@@ -102,16 +103,20 @@ class DeliveryRepository(Repository[WebhookDelivery]):
                 found[(connection_id, str(digest))] = int(id_)
         return found
 
-    async def insert_many(self, rows: Sequence[dict[str, Any]]) -> list[int]:
+    def insert_many(self, rows: Sequence[dict[str, Any]]) -> list[int]:
         """Insert ``rows`` in one statement; their ids, in the order given."""
         if not rows:
             return []
         # The table, not the mapped class: a Core insert skips the ORM's bulk machinery.
         table = cast(Table, WebhookDelivery.__table__)
-        result = await self.session.execute(
+        result = self.connection.execute(
             insert(table).returning(table.c.id, sort_by_parameter_order=True), list(rows)
         )
         return [int(id_) for id_ in result.scalars()]
+
+
+class DeliveryRepository(Repository[WebhookDelivery]):
+    model = WebhookDelivery
 
     async def find(self, delivery_id: int, *, owner: str | None) -> WebhookDelivery | None:
         query = select(WebhookDelivery).where(WebhookDelivery.id == delivery_id)

@@ -46,6 +46,9 @@ from amobridge.webhooks.schemas import (
 from amobridge.webhooks.service import WebhookService
 
 router = APIRouter(tags=["webhooks"])
+# amoCRM's route alone, so the app can put it first: a request is matched against the routes in
+# order, and trying the hundred-odd before it cost this hot path a third of its time.
+receiver = APIRouter(tags=["webhooks"])
 
 _CALLER = (
     "owner_required",
@@ -75,7 +78,7 @@ def owner_scope(principal: Principal, owner: str | None) -> str | None:
     return owner
 
 
-@router.post(
+@receiver.post(
     "/webhooks/amocrm/{secret}",
     summary="amoCRM's webhook (stored, answered at once, applied to the mirror by a job)",
     response_model=Accepted,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Connection as SyncConnection
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -56,6 +57,7 @@ from amobridge.webhooks.ingest import (
 )
 from amobridge.webhooks.repository import (
     DeliveryRepository,
+    DeliveryUnitRepository,
     SubscriptionRepository,
     WebhookConnectionRepository,
 )
@@ -163,56 +165,72 @@ class WebhookService:
         )
 
     async def _write(self, batch: list[Incoming]) -> list[Stored]:
-        """One unit of work for ``batch``: the deliveries, the duplicates, a job per connection."""
+        """One unit of work for ``batch``, run in one call (the receiver's hot path)."""
+        stored, enqueued = await self.db.run_unit(lambda connection: self._store(connection, batch))
+        if enqueued:
+            self.queue.wake()
+        return stored
+
+    def _store(
+        self, connection: SyncConnection, batch: list[Incoming]
+    ) -> tuple[list[Stored], bool]:
+        """The deliveries, the duplicates, a processing job per connection; and whether a job
+        was queued."""
         window = self.settings.webhooks.dedup_window_seconds
-        async with self.db.transaction() as session:
-            repo = DeliveryRepository(session)
-            known: dict[tuple[str, str], int] = {}
-            if window > 0:
-                since = min(item.received_at for item in batch) - timedelta(seconds=window)
-                known = await repo.originals(
-                    ((item.target.connection_id, item.body_hash) for item in batch), since=since
-                )
-            first: dict[tuple[str, str], int] = {}  # key -> index of its first copy in batch
-            fresh: list[int] = []
-            for index, item in enumerate(batch):
-                key = (item.target.connection_id, item.body_hash)
-                if key not in known and (window <= 0 or key not in first):
-                    first.setdefault(key, index)
-                    fresh.append(index)
-            ids = await repo.insert_many([_row(batch[i], state="received") for i in fresh])
-            stored: dict[int, Stored] = {i: Stored(id_) for i, id_ in zip(fresh, ids, strict=True)}
-            copies = [i for i in range(len(batch)) if i not in stored]
-            originals = {
-                i: known.get(key) or stored[first[key]].delivery_id
-                for i in copies
-                for key in [(batch[i].target.connection_id, batch[i].body_hash)]
-            }
-            copy_ids = await repo.insert_many(
-                [_row(batch[i], state="duplicate", duplicate_of=originals[i]) for i in copies]
+        repo = DeliveryUnitRepository(connection)
+        known: dict[tuple[str, str], int] = {}
+        if window > 0:
+            since = min(item.received_at for item in batch) - timedelta(seconds=window)
+            known = repo.originals(
+                ((item.target.connection_id, item.body_hash) for item in batch), since=since
             )
-            for i, id_ in zip(copies, copy_ids, strict=True):
-                stored[i] = Stored(id_, duplicate_of=originals[i])
-            by_connection: dict[str, tuple[str, list[int]]] = {}
-            for i in fresh:
-                target = batch[i].target
-                by_connection.setdefault(target.connection_id, (target.owner, []))[1].append(
-                    stored[i].delivery_id
-                )
-            for connection_id, (owner, delivery_ids) in by_connection.items():
-                await self.enqueue_processing(session, connection_id, owner, delivery_ids)
-        return [stored[i] for i in range(len(batch))]
+        first: dict[tuple[str, str], int] = {}  # key -> index of its first copy in batch
+        fresh: list[int] = []
+        for index, item in enumerate(batch):
+            key = (item.target.connection_id, item.body_hash)
+            if key not in known and (window <= 0 or key not in first):
+                first.setdefault(key, index)
+                fresh.append(index)
+        ids = repo.insert_many([_row(batch[i], state="received") for i in fresh])
+        stored: dict[int, Stored] = {i: Stored(id_) for i, id_ in zip(fresh, ids, strict=True)}
+        copies = [i for i in range(len(batch)) if i not in stored]
+        originals = {
+            i: known.get(key) or stored[first[key]].delivery_id
+            for i in copies
+            for key in [(batch[i].target.connection_id, batch[i].body_hash)]
+        }
+        copy_ids = repo.insert_many(
+            [_row(batch[i], state="duplicate", duplicate_of=originals[i]) for i in copies]
+        )
+        for i, id_ in zip(copies, copy_ids, strict=True):
+            stored[i] = Stored(id_, duplicate_of=originals[i])
+        by_connection: dict[str, tuple[str, list[int]]] = {}
+        for i in fresh:
+            target = batch[i].target
+            by_connection.setdefault(target.connection_id, (target.owner, []))[1].append(
+                stored[i].delivery_id
+            )
+        enqueued = False
+        for connection_id, (owner, delivery_ids) in by_connection.items():
+            enqueued |= self.queue.enqueue_in(
+                connection,
+                **self._processing(connection_id, owner, delivery_ids),
+            )
+        return [stored[i] for i in range(len(batch))], enqueued
+
+    @staticmethod
+    def _processing(connection_id: str, owner: str, delivery_ids: list[int]) -> dict[str, Any]:
+        return {
+            "kind": PROCESS,
+            "payload": {"connection_id": connection_id, "deliveries": delivery_ids},
+            "owner": owner,
+            "ordering_key": process_ordering_key(connection_id),
+        }
 
     async def enqueue_processing(
         self, session: AsyncSession, connection_id: str, owner: str, delivery_ids: list[int]
     ) -> None:
-        await self.queue.enqueue(
-            session,
-            kind=PROCESS,
-            payload={"connection_id": connection_id, "deliveries": delivery_ids},
-            owner=owner,
-            ordering_key=process_ordering_key(connection_id),
-        )
+        await self.queue.enqueue(session, **self._processing(connection_id, owner, delivery_ids))
 
     # --- process ---------------------------------------------------------------------------------
     async def process(self, delivery_ids: Sequence[int]) -> dict[str, int]:
