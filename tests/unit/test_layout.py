@@ -63,6 +63,20 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "services",
     ),
     "storage": (*FEATURES, "web", "auth", "audit", "services", "dependencies", "cli", "demo"),
+    # The parameters and page model the features' list routes share: a leaf below them.
+    "params": (
+        *FEATURES,
+        "amo",
+        "sandbox",
+        "storage",
+        "web",
+        "auth",
+        "audit",
+        "services",
+        "dependencies",
+        "cli",
+        "demo",
+    ),
     "audit": (*FEATURES, "web", "auth", "services", "cli", "demo"),
     "auth": (*FEATURES, "web", "services", "cli", "demo"),
     **{feature: ("web", "services", "cli", "demo") for feature in FEATURES},
@@ -107,7 +121,7 @@ def test_imports_run_one_way(package: str) -> None:
 
 def test_the_checked_packages_exist() -> None:
     """A renamed package must not silently drop out of the rule."""
-    for package in ("amo", "sandbox", "storage", "audit", "auth", "connect", "services"):
+    for package in ("amo", "sandbox", "storage", "audit", "auth", "connect", "services", "params"):
         assert _package_files(package), package
 
 

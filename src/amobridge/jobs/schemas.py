@@ -5,14 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Path, Query
+from fastapi import Query
 from pydantic import BaseModel, Field
 
 from amobridge.connect.schemas import ErrorBody
+from amobridge.params import (
+    Page,
+    cursor_query,
+    id_path,
+    limit_query,
+    owner_filter,
+    state_filter,
+)
 from amobridge.storage.tables import Job
 
 JobState = Literal["pending", "running", "succeeded", "failed", "paused", "cancelled"]
-MAX_JOB_ID = 2**63 - 1
 
 STATE_DESCRIPTION = (
     "`pending` (waiting for a worker, or for `run_after`), `running` (a worker holds its "
@@ -60,9 +67,8 @@ class JobOut(BaseModel):
     finished_at: datetime | None = Field(description="When it succeeded, failed or was cancelled")
 
 
-class JobPage(BaseModel):
-    items: list[JobOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: done")
+class JobPage(Page[JobOut]):
+    pass
 
 
 def job_out(job: Job) -> dict[str, Any]:
@@ -94,22 +100,8 @@ def job_out(job: Job) -> dict[str, Any]:
 
 # --- parameters ----------------------------------------------------------------------------------
 
-OwnerFilter = Annotated[
-    str | None,
-    Query(
-        max_length=255,
-        description="The owner whose jobs to see. An app key must name one; a user's token "
-        "sees only its own (`sub`); an admin key sees every owner's when it names none.",
-        openapi_examples={"owner": {"summary": "An owner", "value": "user-42"}},
-    ),
-]
-StateFilter = Annotated[
-    JobState | None,
-    Query(
-        description="Only jobs in this state",
-        openapi_examples={"failed": {"summary": "The failed ones", "value": "failed"}},
-    ),
-]
+OwnerFilter = Annotated[str | None, owner_filter("jobs")]
+StateFilter = Annotated[JobState | None, state_filter("jobs")]
 KindFilter = Annotated[
     str | None,
     Query(
@@ -119,33 +111,9 @@ KindFilter = Annotated[
         openapi_examples={"kind": {"summary": "Lead creates", "value": "sync.lead.create"}},
     ),
 ]
-CursorQuery = Annotated[
-    str | None,
-    Query(
-        max_length=20,
-        pattern=r"^[0-9]+$",
-        description="`next_cursor` of the previous page",
-        openapi_examples={"cursor": {"summary": "The next page", "value": "1041"}},
-    ),
-]
-LimitQuery = Annotated[
-    int,
-    Query(
-        ge=1,
-        le=200,
-        description="Jobs per page (newest first)",
-        openapi_examples={"limit": {"summary": "Fifty", "value": 50}},
-    ),
-]
-JobIdPath = Annotated[
-    int,
-    Path(
-        ge=1,
-        le=MAX_JOB_ID,
-        description="The job's id",
-        openapi_examples={"id": {"summary": "A job", "value": 1042}},
-    ),
-]
+CursorQuery = Annotated[str | None, cursor_query()]
+LimitQuery = Annotated[int, limit_query("Jobs")]
+JobIdPath = Annotated[int, id_path("job")]
 
 
 # --- examples ------------------------------------------------------------------------------------

@@ -10,6 +10,13 @@ from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from amobridge.notify.service import Endpoint
+from amobridge.params import (
+    Page,
+    cursor_query,
+    id_path,
+    limit_query,
+    state_filter,
+)
 from amobridge.storage.tables import Event, EventDelivery, EventDeliveryAttempt
 
 EventType = Literal[
@@ -34,7 +41,6 @@ TypeFilter = Literal[
 ]
 DeliveryState = Literal["pending", "delivered", "failed", "cancelled"]
 Source = Literal["api", "settings", "legacy"]
-MAX_ID = 2**63 - 1
 
 
 def _endpoint_url(value: str) -> str:
@@ -144,9 +150,8 @@ class DeliveryDetail(DeliveryOut):
     log: list[AttemptOut] = Field(description="Every attempt, oldest first")
 
 
-class DeliveryPage(BaseModel):
-    items: list[DeliveryOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: done")
+class DeliveryPage(Page[DeliveryOut]):
+    pass
 
 
 def subscription_out(endpoint: Endpoint) -> dict[str, Any]:
@@ -214,13 +219,7 @@ TypeQuery = Annotated[
         openapi_examples={"stage": {"summary": "Stage changes", "value": "lead.stage_changed"}},
     ),
 ]
-StateQuery = Annotated[
-    DeliveryState | None,
-    Query(
-        description="Only deliveries in this state",
-        openapi_examples={"failed": {"summary": "The failed ones", "value": "failed"}},
-    ),
-]
+StateQuery = Annotated[DeliveryState | None, state_filter("deliveries")]
 SubscriptionQuery = Annotated[
     str | None,
     Query(
@@ -240,33 +239,9 @@ OwnerQuery = Annotated[
         openapi_examples={"owner": {"summary": "An owner", "value": "user-42"}},
     ),
 ]
-CursorQuery = Annotated[
-    str | None,
-    Query(
-        max_length=19,
-        pattern=r"^[0-9]+$",
-        description="`next_cursor` of the previous page",
-        openapi_examples={"cursor": {"summary": "The next page", "value": "1041"}},
-    ),
-]
-LimitQuery = Annotated[
-    int,
-    Query(
-        ge=1,
-        le=200,
-        description="Deliveries per page (newest first)",
-        openapi_examples={"limit": {"summary": "Fifty", "value": 50}},
-    ),
-]
-DeliveryIdPath = Annotated[
-    int,
-    Path(
-        ge=1,
-        le=MAX_ID,
-        description="The delivery's id",
-        openapi_examples={"id": {"summary": "A delivery", "value": 1042}},
-    ),
-]
+CursorQuery = Annotated[str | None, cursor_query(max_length=19)]
+LimitQuery = Annotated[int, limit_query("Deliveries")]
+DeliveryIdPath = Annotated[int, id_path("delivery")]
 SubscriptionIdPath = Annotated[
     str,
     Path(

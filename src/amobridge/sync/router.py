@@ -92,24 +92,29 @@ def _answer(status: int, body: dict[str, Any], replayed: bool) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-# --- leads ---------------------------------------------------------------------------------------
+# The ``responses=`` of the lead and contact routes, which pair up: a create (201, or 200 for
+# one stored already, both replayable), a read, a page, a change.
 
 
-@router.post(
-    "/leads",
-    summary="Create a lead (answered at once; pushed to amoCRM by a job)",
-    status_code=201,
-    response_model=LeadOut,
-    responses={
+def _create_responses(
+    model: type[Any],
+    *,
+    created: str,
+    created_examples: dict[str, Any],
+    existing: str,
+    existing_examples: dict[str, Any],
+    codes: tuple[str, ...],
+) -> dict[int | str, dict[str, Any]]:
+    return {
         201: {
-            "description": "Stored with its push job: `state` is `pending`",
-            "content": json_examples(LEAD_CREATED_EXAMPLES),
+            "description": created,
+            "content": json_examples(created_examples),
             "headers": _REPLAYED,
         },
         200: {
-            "model": LeadOut,
-            "description": "A lead with this `external_id` was stored already: that lead, unchanged",
-            "content": json_examples(LEAD_EXISTING_EXAMPLES),
+            "model": model,
+            "description": existing,
+            "content": json_examples(existing_examples),
             "headers": _REPLAYED,
         },
         **error_responses(
@@ -119,16 +124,48 @@ def _answer(status: int, body: dict[str, Any], replayed: bool) -> JSONResponse:
             404,
             413,
             422,
-            codes=(
-                *_CALLER,
-                "connection_not_found",
-                *_NAMES,
-                "invalid_email",
-                "invalid_phone",
-                "idempotency_key_reused",
-            ),
+            codes=(*_CALLER, "connection_not_found", *codes, "idempotency_key_reused"),
         ),
-    },
+    }
+
+
+def _read_responses(examples: dict[str, Any], *codes: str) -> dict[int | str, dict[str, Any]]:
+    """A read (one item, or a page): 200 with ``examples``."""
+    return {
+        200: {"content": json_examples(examples)},
+        **error_responses(400, 401, 403, 404, 422, codes=(*_CALLER, *codes)),
+    }
+
+
+def _change_responses(
+    examples: dict[str, Any], *codes: str, description: str | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """A PATCH: 200 with the item as stored, 413 for a body too large."""
+    ok: dict[str, Any] = {"content": json_examples(examples)}
+    if description is not None:
+        ok = {"description": description, **ok}
+    return {
+        200: ok,
+        **error_responses(400, 401, 403, 404, 413, 422, codes=(*_CALLER, *codes)),
+    }
+
+
+# --- leads ---------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/leads",
+    summary="Create a lead (answered at once; pushed to amoCRM by a job)",
+    status_code=201,
+    response_model=LeadOut,
+    responses=_create_responses(
+        LeadOut,
+        created="Stored with its push job: `state` is `pending`",
+        created_examples=LEAD_CREATED_EXAMPLES,
+        existing="A lead with this `external_id` was stored already: that lead, unchanged",
+        existing_examples=LEAD_EXISTING_EXAMPLES,
+        codes=(*_NAMES, "invalid_email", "invalid_phone"),
+    ),
 )
 async def create_lead(
     svc: Service,
@@ -152,12 +189,7 @@ async def create_lead(
     "/leads/{lead_id}",
     summary="A lead: its state in amoCRM (pending, synced, failed)",
     response_model=LeadOut,
-    responses={
-        200: {"content": json_examples(LEAD_EXAMPLES)},
-        **error_responses(
-            400, 401, 403, 404, 422, codes=(*_CALLER, "lead_not_found", "connection_not_found")
-        ),
-    },
+    responses=_read_responses(LEAD_EXAMPLES, "lead_not_found", "connection_not_found"),
 )
 async def get_lead(
     svc: Service, principal: CurrentPrincipal, lead_id: LeadIdPath, owner: OwnerQuery = None
@@ -169,23 +201,13 @@ async def get_lead(
     "/leads",
     summary="The owner's leads, newest first (filters, search, cursor pages)",
     response_model=LeadPage,
-    responses={
-        200: {"content": json_examples(LEAD_PAGE_EXAMPLES)},
-        **error_responses(
-            400,
-            401,
-            403,
-            404,
-            422,
-            codes=(
-                *_CALLER,
-                "invalid_cursor",
-                "connection_not_found",
-                "unknown_pipeline",
-                "unknown_stage",
-            ),
-        ),
-    },
+    responses=_read_responses(
+        LEAD_PAGE_EXAMPLES,
+        "invalid_cursor",
+        "connection_not_found",
+        "unknown_pipeline",
+        "unknown_stage",
+    ),
 )
 async def list_leads(
     svc: Service,
@@ -216,21 +238,13 @@ async def list_leads(
     "/leads/{lead_id}",
     summary="Change a lead (stored at once; pushed to amoCRM by a job)",
     response_model=LeadOut,
-    responses={
-        200: {
-            "description": "Stored: `state` is `pending` until amoCRM has the change",
-            "content": json_examples(LEAD_EXAMPLES),
-        },
-        **error_responses(
-            400,
-            401,
-            403,
-            404,
-            413,
-            422,
-            codes=(*_CALLER, "lead_not_found", "connection_not_found", *_NAMES),
-        ),
-    },
+    responses=_change_responses(
+        LEAD_EXAMPLES,
+        "lead_not_found",
+        "connection_not_found",
+        *_NAMES,
+        description="Stored: `state` is `pending` until amoCRM has the change",
+    ),
 )
 async def update_lead(
     svc: Service,
@@ -252,35 +266,15 @@ async def update_lead(
     summary="Create a contact (deduplicated by e-mail and phone)",
     status_code=201,
     response_model=ContactOut,
-    responses={
-        201: {
-            "description": "Stored with its push job",
-            "content": json_examples(CONTACT_CREATED_EXAMPLES),
-            "headers": _REPLAYED,
-        },
-        200: {
-            "model": ContactOut,
-            "description": "A contact with this `external_id`, e-mail or phone was stored "
-            "already: that contact (what it lacked added)",
-            "content": json_examples(CONTACT_EXISTING_EXAMPLES),
-            "headers": _REPLAYED,
-        },
-        **error_responses(
-            400,
-            401,
-            403,
-            404,
-            413,
-            422,
-            codes=(
-                *_CALLER,
-                "connection_not_found",
-                "invalid_email",
-                "invalid_phone",
-                "idempotency_key_reused",
-            ),
-        ),
-    },
+    responses=_create_responses(
+        ContactOut,
+        created="Stored with its push job",
+        created_examples=CONTACT_CREATED_EXAMPLES,
+        existing="A contact with this `external_id`, e-mail or phone was stored already: that "
+        "contact (what it lacked added)",
+        existing_examples=CONTACT_EXISTING_EXAMPLES,
+        codes=("invalid_email", "invalid_phone"),
+    ),
 )
 async def create_contact(
     svc: Service,
@@ -299,12 +293,7 @@ async def create_contact(
     "/contacts/{contact_id}",
     summary="A contact",
     response_model=ContactOut,
-    responses={
-        200: {"content": json_examples(CONTACT_EXAMPLES)},
-        **error_responses(
-            400, 401, 403, 404, 422, codes=(*_CALLER, "contact_not_found", "connection_not_found")
-        ),
-    },
+    responses=_read_responses(CONTACT_EXAMPLES, "contact_not_found", "connection_not_found"),
 )
 async def get_contact(
     svc: Service, principal: CurrentPrincipal, contact_id: ContactIdPath, owner: OwnerQuery = None
@@ -316,12 +305,7 @@ async def get_contact(
     "/contacts",
     summary="The owner's contacts, newest first",
     response_model=ContactPage,
-    responses={
-        200: {"content": json_examples(CONTACT_PAGE_EXAMPLES)},
-        **error_responses(
-            400, 401, 403, 404, 422, codes=(*_CALLER, "invalid_cursor", "connection_not_found")
-        ),
-    },
+    responses=_read_responses(CONTACT_PAGE_EXAMPLES, "invalid_cursor", "connection_not_found"),
 )
 async def list_contacts(
     svc: Service,
@@ -338,24 +322,13 @@ async def list_contacts(
     "/contacts/{contact_id}",
     summary="Change a contact (pushed to amoCRM by a job)",
     response_model=ContactOut,
-    responses={
-        200: {"content": json_examples(CONTACT_EXAMPLES)},
-        **error_responses(
-            400,
-            401,
-            403,
-            404,
-            413,
-            422,
-            codes=(
-                *_CALLER,
-                "contact_not_found",
-                "connection_not_found",
-                "invalid_email",
-                "invalid_phone",
-            ),
-        ),
-    },
+    responses=_change_responses(
+        CONTACT_EXAMPLES,
+        "contact_not_found",
+        "connection_not_found",
+        "invalid_email",
+        "invalid_phone",
+    ),
 )
 async def update_contact(
     svc: Service,

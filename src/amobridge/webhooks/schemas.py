@@ -9,11 +9,18 @@ from typing import Annotated, Any, Literal
 from fastapi import Path, Query
 from pydantic import BaseModel, Field
 
+from amobridge.params import (
+    Page,
+    cursor_query,
+    id_path,
+    limit_query,
+    owner_filter,
+    state_filter,
+)
 from amobridge.storage.tables import WebhookDelivery, WebhookSubscription
 
 DeliveryState = Literal["received", "processed", "failed", "duplicate"]
 SubscriptionState = Literal["pending", "active", "failed", "unsubscribed", "none"]
-MAX_DELIVERY_ID = 2**63 - 1
 
 STATE_DESCRIPTION = (
     "`received` (stored, waiting to be applied), `processed` (applied to the mirror: `result` "
@@ -64,9 +71,8 @@ class DeliveryOut(BaseModel):
     processed_at: datetime | None = Field(description="When it was applied or failed")
 
 
-class DeliveryPage(BaseModel):
-    items: list[DeliveryOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: done")
+class DeliveryPage(Page[DeliveryOut]):
+    pass
 
 
 class SubscriptionOut(BaseModel):
@@ -159,15 +165,7 @@ SecretPath = Annotated[
         },
     ),
 ]
-OwnerFilter = Annotated[
-    str | None,
-    Query(
-        max_length=255,
-        description="The owner whose deliveries to see. An app key must name one; a user's "
-        "token sees only its own (`sub`); an admin key sees every owner's when it names none.",
-        openapi_examples={"owner": {"summary": "An owner", "value": "user-42"}},
-    ),
-]
+OwnerFilter = Annotated[str | None, owner_filter("deliveries")]
 OwnerQuery = Annotated[
     str | None,
     Query(
@@ -176,40 +174,10 @@ OwnerQuery = Annotated[
         openapi_examples={"owner": {"summary": "An owner", "value": "user-42"}},
     ),
 ]
-StateFilter = Annotated[
-    DeliveryState | None,
-    Query(
-        description="Only deliveries in this state",
-        openapi_examples={"failed": {"summary": "The failed ones", "value": "failed"}},
-    ),
-]
-CursorQuery = Annotated[
-    str | None,
-    Query(
-        max_length=20,
-        pattern=r"^[0-9]+$",
-        description="`next_cursor` of the previous page",
-        openapi_examples={"cursor": {"summary": "The next page", "value": "1041"}},
-    ),
-]
-LimitQuery = Annotated[
-    int,
-    Query(
-        ge=1,
-        le=200,
-        description="Deliveries per page (newest first)",
-        openapi_examples={"limit": {"summary": "Fifty", "value": 50}},
-    ),
-]
-DeliveryIdPath = Annotated[
-    int,
-    Path(
-        ge=1,
-        le=MAX_DELIVERY_ID,
-        description="The delivery's id",
-        openapi_examples={"id": {"summary": "A delivery", "value": 1042}},
-    ),
-]
+StateFilter = Annotated[DeliveryState | None, state_filter("deliveries")]
+CursorQuery = Annotated[str | None, cursor_query()]
+LimitQuery = Annotated[int, limit_query("Deliveries")]
+DeliveryIdPath = Annotated[int, id_path("delivery")]
 
 
 # --- examples ------------------------------------------------------------------------------------
