@@ -442,7 +442,9 @@ class SyncTasks:
                     )
                 )
                 continue
-            elif not self.settings.sync.mirror_authoritative:
+            elif not self.settings.sync.mirror_authoritative or contact.pushed_at is not None:
+                # The mirror is authoritative for the contacts whose fate it knows: one that a
+                # create without a known outcome carried may be in amoCRM already.
                 if contact.id not in found_by_contact:
                     found_by_contact[contact.id] = await self._search_contact(client, contact)
                 found = found_by_contact[contact.id]
@@ -568,6 +570,15 @@ class SyncTasks:
                 if row is not None and row.amo_id is None:
                     row.pushed_at = now
                     item.lead.pushed_at = now
+            if not sent:
+                return
+            # The new contacts going with them, never unmarked: a later 4xx does not say that
+            # an earlier request carrying one created nothing (see _find_contacts).
+            carried = [i.contact.id for i in items if i.creates_contact and i.contact is not None]
+            contacts = await ContactRepository(session).by_ids(carried, for_update=True)
+            for contact in contacts.values():
+                if contact.amo_id is None:
+                    contact.pushed_at = now
 
     async def _send_batch(
         self, context: JobContext, client: AmoClient, marker: CustomField, items: list[_Item]
