@@ -6,7 +6,7 @@ import base64
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Path, Query
+from fastapi import Query
 from pydantic import BaseModel, Field
 
 from amobridge.params import (
@@ -152,19 +152,6 @@ def subscription_out(
 
 # --- parameters ----------------------------------------------------------------------------------
 
-SecretPath = Annotated[
-    str,
-    Path(
-        max_length=128,
-        description="The connection's URL secret (amobridge subscribes the webhook with it)",
-        openapi_examples={
-            "secret": {
-                "summary": "A secret",
-                "value": "q2V7s1cKJm0xR4nTz8YbP3wLhA6dEuFgN5oQiWjX9kM",
-            }
-        },
-    ),
-]
 OwnerFilter = Annotated[str | None, owner_filter("deliveries")]
 OwnerQuery = Annotated[
     str | None,
