@@ -11,12 +11,13 @@ creates and drops:
 - ``--workers`` separate ``amobridge worker`` processes (job leases of ``--lease-seconds``).
 
 ``--leads`` leads, each with a contact (every 10th lead gives the previous lead's contact, written
-otherwise: one contact for both), are POSTed by 2 clients at once. ``--kills`` times, at a random
-point of each of ``kills + 1`` equal parts of the posting, the worker that holds running push
-jobs is killed with SIGKILL a random 0–0.4 s into its run (a random worker if none claims within
-5 s), and started again; the posting waits at halfway to the next kill's point until the kill is
-done, so every kill comes while leads still arrive and are pushed. When the queue is empty, the sandbox's account is read through API v4 (250 a
-page, another integration's token) and the service's database with SQL. It passes when the
+otherwise: one contact for both), are POSTed by ``--posters`` clients at once. ``--kills``
+times, at a random point of each of ``kills + 1`` equal parts of the posting, the worker that
+holds running push jobs is killed with SIGKILL a random 0–0.4 s into its run (any worker if none
+claims within 10 s), and started again; no POST past the next kill's point starts before the
+kill is done, so every kill comes while leads still arrive and are pushed. When the queue is
+empty, the sandbox's account is read through API v4 (250 a page, another integration's token)
+and the service's database with SQL. It passes when the
 sandbox holds exactly the leads posted (distinct names and amobridge refs, 0 duplicates), each
 linked to its expected contact, the expected number of contacts exists there and locally, every
 local lead and contact is ``synced``, and every kill was done. The proof itself lives in
@@ -26,7 +27,8 @@ Prints a table per database, writes ``bench/results/crash.json``, returns 0 when
 invariant holds on every database.
 
     python bench/crash.py [--leads 10000] [--kills 20] [--databases sqlite,postgres]
-                          [--workers 2] [--rate-limit-rps 7] [--lease-seconds 2] [--seed N]
+                          [--workers 2] [--rate-limit-rps 7] [--lease-seconds 2] [--posters 2]
+                          [--seed N]
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rate-limit-rps", type=int, default=7, help="the sandbox's limit (0: off)"
     )
     parser.add_argument("--lease-seconds", type=float, default=2.0)
+    parser.add_argument("--posters", type=int, default=2, help="concurrent POST /leads clients")
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds per database")
     parser.add_argument("--seed", type=int, default=None, help="of the kill schedule")
     args = parser.parse_args(argv)
@@ -121,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         rate_limit_rps=args.rate_limit_rps,
         lease_seconds=args.lease_seconds,
+        posters=args.posters,
         deadline=args.deadline,
     )
     results: list[CrashResult] = []

@@ -90,7 +90,8 @@ class CrashResult:
 
 
 def contact_of(index: int, share_every: int) -> int:
-    """The contact lead ``index`` gives: its own, or (every ``share_every``-th) the previous one's."""
+    """The contact lead ``index`` gives: its own, or (every ``share_every``-th) the previous
+    one's."""
     if share_every > 1 and index % share_every == share_every - 1:
         return index - 1
     return index
@@ -129,7 +130,7 @@ def lead_body(run: str, index: int, share_every: int) -> dict[str, Any]:
     }
 
 
-# --- the processes ---------------------------------------------------------------------------------
+# --- the counts ----------------------------------------------------------------------------------
 
 
 def _sync_url(url: str) -> str:
