@@ -43,7 +43,7 @@ async def test_a_lead_is_pending_then_synced_with_its_contact(stack: Any) -> Non
     assert lead["contact"]["phone"] == "+79001234567"
     assert live_leads(stack) == []  # nothing reached amoCRM on the request's path
 
-    assert await drain(stack) == 1
+    assert await drain(stack) == 2  # the create, then its amoCRM time read back (readback.py)
     shown = (await get_lead(stack, lead["id"])).json()
     assert shown["state"] == "synced", shown
     assert shown["last_error"] is None

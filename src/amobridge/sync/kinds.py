@@ -16,6 +16,13 @@ CONTACT_UPDATE = "sync.contact.update"
 # amoCRM takes at most 50 leads per POST /leads/complex; 50 is its advice for other writes too.
 BATCH_SIZE = 50
 
+# amoCRM's own updated_at of leads just created (its complex reply has only their ids): one job
+# per create request, read back afterwards two at a time (one GET of 100 ids: a URL of ~3.5 KB,
+# where 250 would be ~9 KB, past common 8 KB request-line limits). A job's turn comes after the
+# jobs its connection had queued already, so a backlog of creates goes out first.
+LEAD_READBACK = "sync.lead.readback"
+READBACK_BATCH = 2
+
 
 def update_dedup_key(kind: str, row_id: str) -> str:
     """One waiting update job per row: a second change before it runs is pushed by the same job

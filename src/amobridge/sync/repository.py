@@ -480,6 +480,20 @@ class ImportRepository(Repository[Import]):
             .limit(1)
         )
 
+    async def imported(self, connection_id: str) -> bool:
+        """Whether a full import of the connection's account has succeeded: the mirror then
+        holds every contact amoCRM had, and webhooks and catch-ups keep adding the new ones."""
+        found = await self.session.scalar(
+            select(Import.id)
+            .where(
+                Import.connection_id == connection_id,
+                Import.kind == "import",
+                Import.state == "succeeded",
+            )
+            .limit(1)
+        )
+        return found is not None
+
     async def mark(self, connection_id: str) -> datetime | None:
         """The newest mark of the connection's succeeded runs (full or catch-up): what changed
         in amoCRM before it is in the mirror."""

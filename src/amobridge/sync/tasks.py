@@ -42,7 +42,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from amobridge.amo.client import AmoClient
 from amobridge.amo.errors import (
     AmoAmbiguousWrite,
-    AmoError,
     AmoHTTPError,
     AmoServerError,
     AmoValidationError,
@@ -61,7 +60,8 @@ from amobridge.storage.db import Database
 from amobridge.storage.tables import Connection, Contact, Lead
 from amobridge.sync import amo_bodies, kinds
 from amobridge.sync.catalogue import Catalogue, CatalogueService, UnknownReference
-from amobridge.sync.repository import ContactRepository, LeadRepository
+from amobridge.sync.readback import LeadReadback
+from amobridge.sync.repository import ContactRepository, ImportRepository, LeadRepository
 from amobridge.sync.service import Queue, merge_custom_fields
 from amobridge.sync.views import mark_dirty
 
@@ -150,12 +150,14 @@ class SyncTasks:
         self.queue = queue
         # lead.created and lead.sync_failed for the host app, in the units that decide them.
         self.events = events
+        self.readback = LeadReadback(db)
 
     def register(self, handlers: JobHandlers) -> None:
         handlers.register(kinds.LEAD_CREATE, self.create_leads, batch_size=kinds.BATCH_SIZE)
         handlers.register(kinds.LEAD_UPDATE, self.update_leads, batch_size=kinds.BATCH_SIZE)
         handlers.register(kinds.CONTACT_CREATE, self.create_contacts, batch_size=kinds.BATCH_SIZE)
         handlers.register(kinds.CONTACT_UPDATE, self.update_contacts, batch_size=kinds.BATCH_SIZE)
+        handlers.register(kinds.LEAD_READBACK, self.readback.run, batch_size=kinds.READBACK_BATCH)
 
     # --- handlers ------------------------------------------------------------------------------
     async def create_leads(self, context: JobContext, jobs: Sequence[Job]) -> None:
@@ -243,6 +245,16 @@ class SyncTasks:
             raise ConnectionDisconnected(connection_id)
         return row
 
+    async def _searches_amo(self, connection_id: str) -> bool:
+        """Whether a new contact is looked for in amoCRM before it is created: not when the
+        setting says every contact comes through amobridge, nor once an import has put the
+        account's contacts into the mirror (the contact was looked for there when its lead was
+        accepted; webhooks and catch-ups bring the ones added in amoCRM since)."""
+        if self.settings.sync.mirror_authoritative:
+            return False
+        async with self.db.read() as session:
+            return not await ImportRepository(session).imported(connection_id)
+
     # --- lead creates --------------------------------------------------------------------------
     async def _create_leads(self, context: JobContext, jobs: Sequence[Job]) -> None:
         wanted = {job.id: _row_id(job, "leads") for job in jobs}
@@ -276,7 +288,8 @@ class SyncTasks:
         marker = await self.catalogues.ensure_marker(connection.id, client, "leads")
         items = await self._resolve_names(context, connection, items)
         items = await self._reconcile_leads(context, connection, client, marker, items)
-        items = await self._find_contacts(context, connection, client, items)
+        searching = await self._searches_amo(connection.id)
+        items = await self._find_contacts(context, connection, client, items, searching)
         await self._send_creates(context, client, marker, items)
 
     async def _resolve_names(
@@ -418,8 +431,9 @@ class SyncTasks:
         connection: Connection,
         client: AmoClient,
         items: list[_Item],
+        searching: bool,
     ) -> list[_Item]:
-        """Which contact each lead links (found in amoCRM) or creates."""
+        """Which contact each lead links (found in amoCRM, when ``searching``) or creates."""
         left: list[_Item] = []
         waiting: list[_Outcome] = []
         found_by_contact: dict[str, AmoContact | None] = {}
@@ -442,7 +456,7 @@ class SyncTasks:
                     )
                 )
                 continue
-            elif not self.settings.sync.mirror_authoritative or contact.pushed_at is not None:
+            elif searching or contact.pushed_at is not None:
                 # The mirror is authoritative for the contacts whose fate it knows: one that a
                 # create without a known outcome carried may be in amoCRM already.
                 if contact.id not in found_by_contact:
@@ -633,12 +647,6 @@ class SyncTasks:
     async def _created(
         self, context: JobContext, client: AmoClient, items: list[_Item], results: list[Any]
     ) -> None:
-        updated_at: dict[int, int | None] = {}
-        try:  # amoCRM's own times of the new leads; the push stands without them
-            page = await client.leads.list(ids=[r.id for r in results], limit=len(results))
-            updated_at = {lead.id: lead.updated_at for lead in page.items}
-        except AmoError as exc:
-            log.info("reading back %d created lead(s) failed: %s", len(results), exc)
         async with self.db.transaction() as session:
             leads = LeadRepository(session)
             contacts = ContactRepository(session)
@@ -649,7 +657,7 @@ class SyncTasks:
                     continue
                 first = row.amo_id is None
                 row.amo_id = result.id
-                _pushed(row, item.version, amo_updated_at=_amo_time(updated_at.get(result.id)))
+                _pushed(row, item.version, amo_updated_at=None)  # read back later: readback.py
                 if first:
                     await self.events.emit_lead(session, "lead.created", row, source="amobridge")
                 if item.creates_contact and item.contact is not None and result.contact_id:
@@ -663,6 +671,13 @@ class SyncTasks:
                         item.contact_version,
                     )
                     item.contact.amo_id = result.contact_id
+            await self.queue.enqueue(
+                session,
+                kind=kinds.LEAD_READBACK,
+                payload={"lead_ids": [item.lead.id for item in items]},
+                owner=items[0].lead.owner,
+                connection_id=items[0].lead.connection_id,
+            )
         for item, result in zip(items, results, strict=True):
             context.succeed(item.job, {"amo_id": result.id, "contact_id": result.contact_id})
 
@@ -769,12 +784,13 @@ class SyncTasks:
         marker = await self.catalogues.ensure_marker(connection.id, client, "contacts")
         adopted: list[tuple[Job, Contact, int, AmoContact]] = []
         send: list[tuple[Job, Contact, str, int]] = []
+        searching = await self._searches_amo(connection.id)
         for job, contact, key, version in todo:
             found: AmoContact | None = None
             if contact.pushed_at is not None:
                 hit = await _find_by_marker(client, "contacts", marker.id, key)
                 found = hit if isinstance(hit, AmoContact) else None
-            if found is None and not self.settings.sync.mirror_authoritative:
+            if found is None and searching:
                 found = await self._search_contact(client, contact)
             if found is not None:
                 adopted.append((job, contact, version, found))
