@@ -647,10 +647,22 @@ class SyncTasks:
     async def _created(
         self, context: JobContext, client: AmoClient, items: list[_Item], results: list[Any]
     ) -> None:
+        made = [
+            (item, result)
+            for item, result in zip(items, results, strict=True)
+            if item.creates_contact and item.contact is not None and result.contact_id
+        ]
         async with self.db.transaction() as session:
             leads = LeadRepository(session)
             contacts = ContactRepository(session)
             rows = await leads.by_ids([item.lead.id for item in items], for_update=True)
+            # The new contacts' rows and any other local contact amoCRM's ids already name (it
+            # merged them), each read once for the request, not once per lead.
+            connection_id = items[0].lead.connection_id
+            taken = await contacts.by_amo_ids(connection_id, [r.contact_id for _, r in made])
+            own = await contacts.by_ids(
+                [item.contact.id for item, _ in made if item.contact is not None], for_update=True
+            )
             for item, result in zip(items, results, strict=True):
                 row = rows.get(item.lead.id)
                 if row is None:
@@ -660,17 +672,19 @@ class SyncTasks:
                 _pushed(row, item.version, amo_updated_at=None)  # read back later: readback.py
                 if first:
                     await self.events.emit_lead(session, "lead.created", row, source="amobridge")
-                if item.creates_contact and item.contact is not None and result.contact_id:
-                    await self._give_contact_amo_id(
-                        leads,
-                        contacts,
-                        row.connection_id,
-                        row.id,
-                        item.contact.id,
-                        result.contact_id,
-                        item.contact_version,
-                    )
-                    item.contact.amo_id = result.contact_id
+            for item, result in made:
+                assert item.contact is not None
+                other = taken.get(result.contact_id)
+                if other is not None and other.id != item.contact.id:
+                    if item.lead.id in rows:
+                        await leads.link(item.lead.id, other.id)
+                else:
+                    mine = own.get(item.contact.id)
+                    if mine is not None and mine.amo_id is None:
+                        mine.amo_id = result.contact_id
+                        _pushed(mine, item.contact_version, amo_updated_at=None)
+                        taken[result.contact_id] = mine
+                item.contact.amo_id = result.contact_id
             await self.queue.enqueue(
                 session,
                 kind=kinds.LEAD_READBACK,
