@@ -37,6 +37,7 @@ import argparse
 import math
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -76,6 +77,8 @@ ROWS: list[tuple[str, str]] = [
     ("kills done", "kills_done"),
     ("kills holding jobs", "kills_holding_jobs"),
     ("adopted after a kill", "adopted_after_kill"),
+    ("taken over from a live one", "taken_over_alive"),
+    ("lease renewals failed", "lease_renewals_failed"),
 ]
 
 
@@ -136,11 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             skipped[database] = problem
             continue
-        with tempfile.TemporaryDirectory(prefix=f"amobridge-crash-{database}-") as tmp:
-            workdir = Path(tmp)
-            holder = sqlite_database(workdir) if database == "sqlite" else postgres_database()
-            with holder as url:
-                results.append(run_crash(database, url, workdir, config, seed=args.seed, say=print))
+        workdir = Path(tempfile.mkdtemp(prefix=f"amobridge-crash-{database}-"))
+        holder = sqlite_database(workdir) if database == "sqlite" else postgres_database()
+        with holder as url:
+            results.append(run_crash(database, url, workdir, config, seed=args.seed, say=print))
+        if results[-1].passed:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:  # the processes' logs, for whoever looks into it
+            print(f"{database}: FAILED; the logs are kept in {workdir}")
     passed = bool(results) and not skipped and all(r.passed for r in results)
     summary: dict[str, Any] = {
         "benchmark": "crash",

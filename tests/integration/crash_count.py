@@ -52,6 +52,8 @@ class CrashResult:
     adopted_after_kill: int = 0  # leads found in amoCRM by marker after a crash, not re-sent
     post_seconds: float = 0.0
     seconds: float = 0.0
+    taken_over_alive: int = 0  # "jobs … were taken over by another worker": a lease ran out
+    lease_renewals_failed: int = 0  # "job leases not renewed" / "job lease renewal failed"
     kill_log: list[dict[str, Any]] = field(default_factory=list)  # posts started, jobs held
     problems: list[str] = field(default_factory=list)
 
@@ -253,6 +255,15 @@ def count_local(local: Local, result: CrashResult, sandbox_ids: set[int]) -> Non
     amo_ids = [row[0] for row in local.rows("SELECT amo_id FROM leads WHERE amo_id IS NOT NULL")]
     result.local_amo_ids_matching = (
         len(set(amo_ids) & sandbox_ids) if len(set(amo_ids)) == len(amo_ids) else 0
+    )
+
+
+def count_worker_logs(logs: str, result: CrashResult) -> None:
+    """What the workers' logs say of the leases: taken over from a live worker, not renewed."""
+    result.adopted_after_kill = adopted_after_kills(logs)
+    result.taken_over_alive = logs.count("were taken over by another worker")
+    result.lease_renewals_failed = logs.count("job leases not renewed") + logs.count(
+        "job lease renewal failed"
     )
 
 

@@ -31,9 +31,9 @@ from crash_count import (
     OWNER,
     CrashResult,
     Local,
-    adopted_after_kills,
     count_local,
     count_sandbox,
+    count_worker_logs,
     expected_contacts,
     lead_body,
 )
@@ -404,7 +404,7 @@ def run_crash(
                 config.share_every,
             )
             count_local(local, result, sandbox_ids)
-            result.adopted_after_kill = adopted_after_kills(workers.logs())
+            count_worker_logs(workers.logs(), result)
     finally:
         local.close()
     result.check(config.leads)
