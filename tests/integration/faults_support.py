@@ -42,6 +42,7 @@ class VirtualClock:
     """This host's clock plus ``offset`` seconds."""
 
     offset: float = 0.0
+    jumps: list[tuple[datetime, float]] = field(default_factory=list)  # (then, offset after)
 
     def now(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self.offset)
@@ -51,6 +52,16 @@ class VirtualClock:
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+        self.jumps.append((self.now(), self.offset))
+
+    def real(self, moment: datetime) -> datetime:
+        """The host's time of a moment this clock gave (it only jumps forward, so a moment
+        after a jump lies past it on this clock)."""
+        offset = 0.0
+        for then, after in self.jumps:
+            if moment >= then:
+                offset = after
+        return moment - timedelta(seconds=offset)
 
 
 @contextlib.contextmanager
@@ -130,6 +141,7 @@ class TenantReport:
     contacts: int = 0
     contacts_doubled: int = 0  # e-mails held by more than one amoCRM contact
     jobs: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # last_error of rows not synced
 
     @property
     def holds(self) -> bool:
@@ -160,6 +172,9 @@ async def tenant_report(services: Any, owner: str) -> TenantReport:
     report.local = len(rows)
     report.states = dict(Counter(row.sync_state for row in rows))
     report.jobs = dict(kinds)
+    report.errors = dict(
+        Counter(str(row.last_error)[:300] for row in rows if row.sync_state != "synced")
+    )
     client = await services.clients.client(connection)
     by_marker: dict[str, list[int]] = {}
     async for lead in client.leads.iterate(limit=PAGE):
