@@ -1,6 +1,6 @@
-"""What ``bench/leads.py`` needs of the sandbox and of the service it talks to: the sandbox as a
-process of its own with its rate limiter on, an account with a long-lived token, the service's
-environment pointed at it, the owner connected, the leads posted, and the database read back.
+"""What ``bench/leads.py`` needs of the sandbox and of the service it talks to (beside the sandbox
+process and its account, in ``_support``): the sandbox's clock and request log, the service's
+environment pointed at it, the leads posted, and the database read back.
 
 (``bench/run.py`` skips modules whose name starts with ``_``.)
 """
@@ -8,68 +8,15 @@ environment pointed at it, the owner connected, the leads posted, and the databa
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import httpx
 
-from _support import free_port, running_process
+from _support import Account
 
 RATE = 7
 OWNER = "bench-owner"
-
-
-@dataclass(frozen=True)
-class Account:
-    id: int
-    host: str
-    client_id: str
-    token: str
-
-
-@contextlib.contextmanager
-def running_sandbox(rate: int = RATE) -> Iterator[str]:
-    """``amobridge sandbox`` on a free port, rate limit on at ``rate`` requests per second."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AMOBRIDGE_")},
-        "AMOBRIDGE_LOG_LEVEL": "WARNING",
-        "AMOBRIDGE_SANDBOX__RATE_LIMIT_ENABLED": "true",
-        "AMOBRIDGE_SANDBOX__RATE_LIMIT_RPS": str(rate),
-    }
-    argv = [
-        sys.executable,
-        "-m",
-        "amobridge",
-        "sandbox",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with running_process(argv, health_url=f"{url}/_sandbox/health", name="the sandbox", env=env):
-        yield url
-
-
-def new_account(sandbox: str, subdomain: str) -> Account:
-    """An empty account, an integration and a long-lived token, through the control API."""
-    with httpx.Client(base_url=sandbox, timeout=30) as control:
-        account = control.post("/_sandbox/accounts", json={"subdomain": subdomain}).json()
-        integration = control.post(
-            "/_sandbox/integrations",
-            json={"name": "bench", "redirect_uri": "https://bench.example/callback"},
-        ).json()
-        token = control.post(
-            "/_sandbox/long-lived-tokens",
-            json={"client_id": integration["client_id"], "account_id": account["id"]},
-        ).json()["access_token"]
-    return Account(int(account["id"]), str(account["host"]), integration["client_id"], token)
 
 
 def sandbox_clock(sandbox: str) -> float:
@@ -99,17 +46,6 @@ def pointed_at(env: dict[str, str], sandbox: str, account: Account) -> dict[str,
         # is measured, not the inbox (bench/webhooks.py measures that).
         "AMOBRIDGE_WEBHOOKS__AUTO_SUBSCRIBE": "false",
     }
-
-
-def connect_owner(base: str, admin_key: str, account: Account) -> None:
-    with httpx.Client(base_url=base, timeout=30) as client:
-        made = client.post(
-            "/amocrm/tokens",
-            headers={"Authorization": f"Bearer {admin_key}"},
-            json={"owner": OWNER, "domain": account.host, "access_token": account.token},
-        )
-        if made.status_code != 201:
-            raise RuntimeError(f"POST /amocrm/tokens answered {made.status_code}")
 
 
 def lead_body(prefix: str, n: int) -> dict[str, Any]:

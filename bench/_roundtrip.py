@@ -1,63 +1,23 @@
-"""The parts of ``roundtrip.py`` that run things: the sandbox and ``amobridge serve`` as real
-processes, and the host app's event receiver (uvicorn in a thread of its own) that stamps and
-verifies every event. (A leading ``_``: ``bench/run.py`` does not run it as a benchmark.)"""
+"""The part of ``roundtrip.py`` that runs in this process: the host app's event receiver (uvicorn
+in a thread of its own) that stamps and verifies every event (the sandbox and ``amobridge serve``
+are ``_support.running_sandbox`` and ``service.running_service``). (A leading ``_``:
+``bench/run.py`` does not run it as a benchmark.)"""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from standardwebhooks import Webhook
 
-from _support import free_port, running_process
-from service import START_DEADLINE, amobridge
+from _support import free_port
 
 WAIT_S = 15.0  # what is not seen by then is a failure, not a hang
-
-
-@contextlib.contextmanager
-def running_sandbox(workdir: Path) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("AMOBRIDGE_")}
-    env.update(
-        AMOBRIDGE_LOG_LEVEL="WARNING",
-        AMOBRIDGE_SANDBOX__RATE_LIMIT_ENABLED="false",
-    )
-    argv = amobridge("sandbox", "--host", "127.0.0.1", "--port", str(port))
-    with running_process(
-        argv,
-        health_url=f"{url}/_sandbox/health",
-        name="the sandbox",
-        env=env,
-        cwd=workdir,
-        log_path=workdir / "sandbox.log",
-    ):
-        yield url
-
-
-@contextlib.contextmanager
-def running_serve(env: dict[str, str], workdir: Path, port: int) -> Iterator[str]:
-    """``amobridge serve`` on ``port`` (its public URL, which the webhook destination names,
-    must be known before it starts)."""
-    base = f"http://127.0.0.1:{port}"
-    with running_process(
-        amobridge("serve", "--host", "127.0.0.1", "--port", str(port)),
-        health_url=f"{base}/healthz",
-        name="amobridge serve",
-        env=env,
-        cwd=workdir,
-        log_path=workdir / "serve.log",
-        deadline=START_DEADLINE,
-    ):
-        yield base
 
 
 @dataclass

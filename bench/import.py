@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import platform
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -33,7 +31,14 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from _support import free_port, most_in_one_second, running_process, write_result
+from _support import (
+    Account,
+    create_account,
+    grid,
+    most_in_one_second,
+    running_sandbox,
+    write_result,
+)
 from amobridge.services import Services
 from amobridge.settings import Settings
 from amobridge.storage.crypto import generate_key
@@ -46,28 +51,16 @@ OWNER = "bench"
 RESULTS = Path(__file__).resolve().parent / "results" / "import.json"
 
 
-async def _seed(control: httpx.AsyncClient, count: int) -> tuple[dict[str, Any], str, str]:
+async def _seed(control: httpx.AsyncClient, count: int) -> Account:
     """An account holding ``count`` leads, an integration and a long-lived token."""
-    account = (await control.post("/_sandbox/accounts", json={"subdomain": "bench"})).json()
-    integration = (
-        await control.post(
-            "/_sandbox/integrations",
-            json={"name": "bench", "redirect_uri": "https://bench.example/callback"},
-        )
-    ).json()
-    token = (
-        await control.post(
-            "/_sandbox/long-lived-tokens",
-            json={"client_id": integration["client_id"], "account_id": account["id"]},
-        )
-    ).json()["access_token"]
+    account = await create_account(control, "bench")
     for start in range(0, count, PAGE):
         items = [
             {"name": f"Сделка {i}", "price": i} for i in range(start, min(count, start + PAGE))
         ]
-        made = await control.post(f"/_sandbox/accounts/{account['id']}/leads", json=items)
+        made = await control.post(f"/_sandbox/accounts/{account.id}/leads", json=items)
         made.raise_for_status()
-    return account, integration["client_id"], token
+    return account
 
 
 def _settings(database_url: str, client_id: str, sandbox_url: str) -> Settings:
@@ -90,16 +83,16 @@ async def _import(
     sandbox_url: str, leads: int, database_url: str
 ) -> tuple[float, dict[str, Any], int, list[dict[str, Any]]]:
     async with httpx.AsyncClient(base_url=sandbox_url, timeout=60.0) as control:
-        account, client_id, token = await _seed(control, leads)
-        services = Services.build(_settings(database_url, client_id, sandbox_url))
+        account = await _seed(control, leads)
+        services = Services.build(_settings(database_url, account.client_id, sandbox_url))
         await services.start()
         try:
             async with services.db.transaction() as session:
                 await services.connect.import_tokens(
                     session,
                     OWNER,
-                    domain=account["host"],
-                    access_token=token,
+                    domain=account.host,
+                    access_token=account.token,
                     refresh_token=None,
                     expires_in=None,
                     client_id=None,
@@ -125,7 +118,7 @@ async def _import(
                 )
             log = (
                 await control.get(
-                    "/_sandbox/requests", params={"account_id": account["id"], "since": since}
+                    "/_sandbox/requests", params={"account_id": account.id, "since": since}
                 )
             ).json()
         finally:
@@ -134,30 +127,7 @@ async def _import(
 
 
 async def run(leads: int, database_url: str | None) -> dict[str, Any]:
-    port = free_port()
-    sandbox_url = f"http://127.0.0.1:{port}"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AMOBRIDGE_")},
-        "AMOBRIDGE_LOG_LEVEL": "WARNING",
-        "AMOBRIDGE_SANDBOX__RATE_LIMIT_ENABLED": "true",
-        "AMOBRIDGE_SANDBOX__RATE_LIMIT_RPS": str(RATE),
-    }
-    argv = [
-        sys.executable,
-        "-m",
-        "amobridge",
-        "sandbox",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with (
-        tempfile.TemporaryDirectory() as folder,
-        running_process(
-            argv, health_url=f"{sandbox_url}/_sandbox/health", name="the sandbox", env=env
-        ),
-    ):
+    with tempfile.TemporaryDirectory() as folder, running_sandbox(RATE) as sandbox_url:
         url = database_url or f"sqlite+aiosqlite:///{folder}/bench.db"
         seconds, shown, stored, log = await _import(sandbox_url, leads, url)
     api = [r for r in log if r["path"].startswith("/api/v4")]
@@ -229,9 +199,7 @@ def _table(result: dict[str, Any]) -> str:
             str(result["most_in_one_second"]),
         ),
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = grid(rows)
     lines.append("")
     lines.append(f"database: {result['database']}; import {result['state']}")
     lines.append(f"target met: {'yes' if result['passed'] else 'NO'}")

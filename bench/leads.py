@@ -39,9 +39,7 @@ import argparse
 import asyncio
 import math
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,24 +51,29 @@ from _leads_accept import AcceptRun, measure_accept
 from _leads_sandbox import (
     OWNER,
     RATE,
-    connect_owner,
     lead_counts,
-    new_account,
     pointed_at,
     post_leads,
-    running_sandbox,
     sandbox_clock,
     sandbox_log,
 )
-from _support import most_in_one_second, write_result
+from _support import (
+    Measurement,
+    add_load_arguments,
+    machine,
+    most_in_one_second,
+    new_account,
+    running_sandbox,
+    write_result,
+)
 from service import (
-    amobridge,
     create_app_key,
-    postgres_database,
-    postgres_problem,
+    database_at,
+    import_token,
+    pick_databases,
+    run_cli,
     running_service,
     service_env,
-    sqlite_database,
 )
 
 TARGET_PUSH = 1.15
@@ -82,17 +85,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "leads.json"
 def import_account(env: dict[str, str], workdir: Path) -> None:
     """``amobridge import`` of the (empty) account, as an operator runs it after connecting: the
     mirror then holds the account's contacts, so the push looks for a lead's contact there."""
-    done = subprocess.run(  # noqa: S603 - our own interpreter and program
-        amobridge("import", "--owner", OWNER, "--json"),
-        env=env,
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    if done.returncode != 0 or '"succeeded"' not in done.stdout:
-        raise RuntimeError(f"amobridge import failed: {(done.stderr or done.stdout)[-500:]}")
+    out = run_cli(env, workdir, "import", "--owner", OWNER, "--json", timeout=120)
+    if '"succeeded"' not in out:
+        raise RuntimeError(f"amobridge import did not succeed: {out[-500:]}")
 
 
 def _requests_by_path(log: list[dict[str, Any]]) -> dict[str, int]:
@@ -112,12 +107,11 @@ def measure_push(database: str, sandbox: str, args: argparse.Namespace) -> dict[
     account = new_account(sandbox, f"push{database}")
     with tempfile.TemporaryDirectory(prefix=f"amobridge-bench-push-{database}-") as tmp:
         workdir = Path(tmp)
-        holder = sqlite_database(workdir) if database == "sqlite" else postgres_database()
-        with holder as url:
+        with database_at(database, workdir) as url:
             env = pointed_at(service_env(url, key, admin_key, args.log_level), sandbox, account)
             with running_service(env, workdir) as base:
                 app_key = create_app_key(env, workdir)
-                connect_owner(base, admin_key, account)
+                import_token(base, admin_key, OWNER, account.host, account.token)
                 import_account(env, workdir)
                 started = time.perf_counter()
                 created, other = asyncio.run(
@@ -170,16 +164,14 @@ def _accept_lines(runs: list[AcceptRun], args: argparse.Namespace) -> list[str]:
     lines = [
         f"accept: wrk -t1 -c{args.connections}, best of {args.rounds} × {args.duration:g} s "
         f"after {args.warmup:g} s warm-up; workers off",
-        f"{'database':<10}{'route':<12}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-        f"{'ratio':>8}{'stored/201':>16}  result",
+        f"{Measurement.header(12)}{'ratio':>8}{'stored/201':>16}  result",
     ]
     lines.append("-" * len(lines[-1]))
     for run in runs:
         for m in (run.healthz, run.leads):
             last = m is run.leads
             lines.append(
-                f"{run.database:<10}{m.route:<12}{m.rps:>9,.0f}{m.p50_ms:>9.2f}{m.p99_ms:>9.2f}"
-                f"{m.errors:>8}{(f'{run.ratio:.2f}' if last else ''):>8}"
+                f"{m.row(run.database, 12)}{(f'{run.ratio:.2f}' if last else ''):>8}"
                 f"{(f'{run.stored}/{run.created}' if last else ''):>16}  "
                 f"{('PASS' if run.passed else 'FAIL') if last else ''}"
             )
@@ -208,10 +200,7 @@ def _push_lines(pushes: list[dict[str, Any]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--duration", type=float, default=4, help="seconds per route and round")
-    parser.add_argument("--warmup", type=float, default=1, help="seconds of warm-up per route")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per route")
-    parser.add_argument("--connections", type=int, default=16)
+    add_load_arguments(parser)
     parser.add_argument("--leads", type=int, default=10_000, help="leads the push phase pushes")
     parser.add_argument("--databases", default="sqlite,postgres", help="comma-separated")
     parser.add_argument("--phases", default="accept,push", help="comma-separated")
@@ -226,15 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     accepts: list[AcceptRun] = []
     pushes: list[dict[str, Any]] = []
-    skipped: dict[str, str] = {}
-    with running_sandbox() as sandbox:
-        for database in [d.strip() for d in args.databases.split(",") if d.strip()]:
-            if database not in ("sqlite", "postgres"):
-                parser.error(f"unknown database {database!r}: sqlite or postgres")
-            problem = postgres_problem() if database == "postgres" else None
-            if problem:
-                skipped[database] = problem
-                continue
+    databases, skipped = pick_databases(parser, args.databases)
+    with running_sandbox(RATE) as sandbox:
+        for database in databases:
             if "accept" in phases:
                 assert wrk is not None
                 accepts.append(measure_accept(database, sandbox, args, wrk))
@@ -262,11 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "connections": args.connections,
         "duration_s": args.duration,
         "rounds": args.rounds,
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "measured_at": int(time.time()),
+        **machine(),
         "targets": {"leads_to_healthz": 0.4, "push_to_floor": TARGET_PUSH, "responses_429": 0},
         "accept": [run.public() for run in accepts],
         "push": pushes,

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from _support import free_port, running_process, write_result
+from _support import grid, running_sandbox, write_result
 from amobridge.amo import (
     AmoClient,
     InMemoryRateLimiter,
@@ -58,34 +57,9 @@ KEY = "bench-storm"
 @contextlib.contextmanager
 def sandbox_process() -> Iterator[str]:
     """``amobridge sandbox`` on a free port with its rate limit off; yields its base URL."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("AMOBRIDGE_")}
-    env.update(
-        AMOBRIDGE_ENVIRONMENT="test",
-        AMOBRIDGE_LOG_LEVEL="WARNING",
-        AMOBRIDGE_SANDBOX__RATE_LIMIT_ENABLED="false",
-    )
-    base = f"http://127.0.0.1:{port}"
-    argv = [
-        sys.executable,
-        "-m",
-        "amobridge",
-        "sandbox",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
     with (
         tempfile.TemporaryDirectory(prefix="refresh-storm-") as workdir,
-        running_process(
-            argv,
-            health_url=f"{base}/_sandbox/health",
-            name="the sandbox",
-            env=env,
-            cwd=workdir,
-            log_path=Path(workdir) / "sandbox.log",
-        ),
+        running_sandbox(None, workdir=Path(workdir), AMOBRIDGE_ENVIRONMENT="test") as base,
     ):
         yield base
 
@@ -225,9 +199,7 @@ def _table(result: dict[str, Any]) -> str:
                 rounds,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = grid(rows)
     lines.append("")
     lines.append(f"expired / valid: {result['ratio']:.3f} (target ≤ {TARGET_RATIO})")
     lines.append(f"target met: {'yes' if result['passed'] else 'NO'}")

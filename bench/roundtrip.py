@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -41,21 +40,15 @@ from typing import Any
 
 import httpx
 
-from _roundtrip import (
-    HostApp,
-    percentile,
-    running_host,
-    running_sandbox,
-    running_serve,
-    until,
-)
-from _support import free_port, write_result
+from _roundtrip import HostApp, percentile, running_host, until
+from _support import free_port, machine, new_account, running_sandbox, write_result
 from service import (
     create_app_key,
-    postgres_database,
-    postgres_problem,
+    database_at,
+    import_token,
+    pick_databases,
+    running_service,
     service_env,
-    sqlite_database,
 )
 
 TARGET_S = 1.0
@@ -73,7 +66,7 @@ class Bench:
         self.control = control
         self.host = host
         self.args = args
-        self.account: dict[str, Any] = {}
+        self.account_id = 0
         self.app_headers: dict[str, str] = {}
 
     def connect(self, admin_key: str, app_key: str, hook_url: str) -> None:
@@ -85,25 +78,12 @@ class Bench:
         if added.status_code != 201:
             raise RuntimeError(f"POST /event-subscriptions answered {added.status_code}")
         self.host.secret = added.json()["secret"]
-        self.account = self.control.post("/_sandbox/accounts", json={"subdomain": "bench"}).json()
-        integration = self.control.post(
-            "/_sandbox/integrations",
-            json={"name": "bench", "redirect_uri": "https://bench.example/callback"},
-        ).json()
-        token = self.control.post(
-            "/_sandbox/long-lived-tokens",
-            json={"client_id": integration["client_id"], "account_id": self.account["id"]},
-        ).json()["access_token"]
-        made = self.service.post(
-            "/amocrm/tokens",
-            headers=admin,
-            json={"owner": OWNER, "domain": self.account["host"], "access_token": token},
-        )
-        if made.status_code != 201:
-            raise RuntimeError(f"POST /amocrm/tokens answered {made.status_code}: {made.text}")
+        account = new_account(str(self.control.base_url), "bench")
+        self.account_id = account.id
+        import_token(str(self.service.base_url), admin_key, OWNER, account.host, account.token)
 
         def subscribed() -> bool:
-            hooks = self.control.get(f"/_sandbox/webhooks/{self.account['id']}").json()
+            hooks = self.control.get(f"/_sandbox/webhooks/{self.account_id}").json()
             return bool(hooks)
 
         until(subscribed, "the service's webhook subscription in the sandbox", 60.0)
@@ -111,7 +91,7 @@ class Bench:
     def make_leads(self, count: int) -> list[dict[str, Any]]:
         """``count`` leads made in amoCRM, each with its mirror id (from its lead.created)."""
         items = [{"name": f"Сделка {i}", "price": 1000 + i} for i in range(count)]
-        url = f"/_sandbox/accounts/{self.account['id']}/leads"
+        url = f"/_sandbox/accounts/{self.account_id}/leads"
         made = self.control.post(url, json=items)
         made.raise_for_status()
         leads = made.json()
@@ -131,7 +111,7 @@ class Bench:
         return list(leads)
 
     def stages(self, lead: dict[str, Any]) -> list[int]:
-        pipelines = self.control.get(f"/_sandbox/accounts/{self.account['id']}").json()
+        pipelines = self.control.get(f"/_sandbox/accounts/{self.account_id}").json()
         pipeline = next(p for p in pipelines["pipelines"] if p["id"] == lead["pipeline_id"])
         return [s["id"] for s in pipeline["statuses"] if s["id"] not in (142, 143)]
 
@@ -148,7 +128,7 @@ class Bench:
         before = self.last_record()
         started = time.time()
         answer = self.control.patch(
-            f"/_sandbox/accounts/{self.account['id']}/leads/{amo_id}", json=change
+            f"/_sandbox/accounts/{self.account_id}/leads/{amo_id}", json=change
         )
         answer.raise_for_status()
         lead.update(change)
@@ -209,7 +189,7 @@ class Bench:
 
     def last_record(self) -> int:
         log = self.control.get(
-            "/_sandbox/webhook-deliveries", params={"account_id": self.account["id"], "limit": 1}
+            "/_sandbox/webhook-deliveries", params={"account_id": self.account_id, "limit": 1}
         ).json()
         return int(log[-1]["id"]) if log else 0
 
@@ -217,7 +197,7 @@ class Bench:
         """The sandbox's delivery records of lead ``amo_id`` logged after record ``after``."""
         log = self.control.get(
             "/_sandbox/webhook-deliveries",
-            params={"account_id": self.account["id"], "limit": 20},
+            params={"account_id": self.account_id, "limit": 20},
         ).json()
         mine = []
         for record in log:
@@ -238,10 +218,9 @@ def measure(database: str, args: argparse.Namespace) -> dict[str, Any]:
     admin_key, _ = new_api_key()
     with tempfile.TemporaryDirectory(prefix=f"amobridge-bench-roundtrip-{database}-") as tmp:
         workdir = Path(tmp)
-        holder = sqlite_database(workdir) if database == "sqlite" else postgres_database()
         with (
-            holder as url,
-            running_sandbox(workdir) as sandbox_url,
+            database_at(database, workdir) as url,
+            running_sandbox(None, workdir=workdir) as sandbox_url,
             running_host() as host,
         ):
             env = service_env(url, generate_key(), admin_key, args.log_level)
@@ -252,7 +231,7 @@ def measure(database: str, args: argparse.Namespace) -> dict[str, Any]:
                 AMOBRIDGE_AMO__API_BASE_URL=sandbox_url,
             )
             with (
-                running_serve(env, workdir, port) as base,
+                running_service(env, workdir, port) as base,
                 httpx.Client(base_url=base, timeout=10) as service,
                 httpx.Client(base_url=sandbox_url, timeout=10) as control,
             ):
@@ -332,27 +311,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--databases", default="sqlite,postgres", help="comma-separated")
     parser.add_argument("--log-level", default="WARNING", help="AMOBRIDGE_LOG_LEVEL of the service")
     args = parser.parse_args(argv)
-    runs: list[dict[str, Any]] = []
-    skipped: dict[str, str] = {}
-    for database in [d.strip() for d in args.databases.split(",") if d.strip()]:
-        if database not in ("sqlite", "postgres"):
-            parser.error(f"unknown database {database!r}: sqlite or postgres")
-        problem = postgres_problem() if database == "postgres" else None
-        if problem:
-            skipped[database] = problem
-            continue
-        runs.append(measure(database, args))
+    databases, skipped = pick_databases(parser, args.databases)
+    runs = [measure(database, args) for database in databases]
     summary = {
         "benchmark": "roundtrip",
         "edits": args.edits,
         "leads": args.leads,
         "poll_ms": args.poll_ms,
         "log_level": args.log_level,
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "measured_at": int(time.time()),
+        **machine(),
         "targets": {"max_s": TARGET_S},
         "results": runs,
         "skipped": skipped,

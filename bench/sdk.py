@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from _support import most_in_one_second, write_result
+from _support import create_account, grid, most_in_one_second, write_result
 from amobridge.amo import AmoClient, LeadCreate, StaticTokenProvider
 from amobridge.sandbox import SandboxConfig, create_sandbox_app
 
@@ -38,20 +38,8 @@ CONTROL = "http://sandbox.test"
 async def _setup(app: Any) -> tuple[str, str, int]:
     """An account, an integration and a long-lived token, through the control API."""
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=CONTROL) as c:
-        account = (await c.post("/_sandbox/accounts", json={"subdomain": "bench"})).json()
-        integration = (
-            await c.post(
-                "/_sandbox/integrations",
-                json={"name": "bench", "redirect_uri": "https://bench.example/callback"},
-            )
-        ).json()
-        token = (
-            await c.post(
-                "/_sandbox/long-lived-tokens",
-                json={"client_id": integration["client_id"], "account_id": account["id"]},
-            )
-        ).json()["access_token"]
-    return str(account["host"]), str(token), int(account["id"])
+        account = await create_account(c, "bench")
+    return account.host, account.token, account.id
 
 
 async def _log(app: Any, account_id: int, since: float) -> list[dict[str, Any]]:
@@ -149,9 +137,7 @@ def _table(result: dict[str, Any]) -> str:
             str(n["most_in_one_second"]),
         ),
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = grid(rows)
     lines.append("")
     lines.append(
         f"one lead per request, extrapolated to {n['extrapolated_to_leads']:,} leads: "

@@ -27,23 +27,33 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
-import platform
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from _support import free_port, running_process, write_result, wrk_load
+from _support import (
+    Measurement,
+    add_load_arguments,
+    amobridge,
+    best_of_rounds,
+    clean_env,
+    free_port,
+    machine,
+    running_process,
+    write_result,
+    wrk_load,
+)
 
 TARGET_RATIO = 0.3
 TARGET_P99_MS = 50.0
@@ -51,26 +61,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "service.json"
 POSTGRES_SERVER = "postgresql://postgres@127.0.0.1:5432"
 OWNER = "bench-owner"
 START_DEADLINE = 60.0
-
-
-@dataclass
-class Measurement:
-    route: str
-    requests: int
-    seconds: float
-    errors: int
-    p50_ms: float
-    p99_ms: float
-    rounds_rps: list[float] = field(default_factory=list)
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.seconds if self.seconds else 0.0
-
-    def public(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["rps"] = round(self.rps, 1)
-        return data
 
 
 @dataclass
@@ -133,11 +123,28 @@ def postgres_problem() -> str | None:
         return f"127.0.0.1:5432 is not reachable ({exc.strerror or exc})"
 
 
+def database_at(database: str, workdir: Path) -> contextlib.AbstractContextManager[str]:
+    """The URL of a new ``"sqlite"`` (a file in ``workdir``) or ``"postgres"`` database."""
+    return sqlite_database(workdir) if database == "sqlite" else postgres_database()
+
+
+def pick_databases(parser: argparse.ArgumentParser, spec: str) -> tuple[list[str], dict[str, str]]:
+    """The databases of the comma-separated ``spec`` that can be measured here, and why each
+    other one cannot (PostgreSQL not reachable); an unknown name is a usage error."""
+    chosen: list[str] = []
+    skipped: dict[str, str] = {}
+    for database in [d.strip() for d in spec.split(",") if d.strip()]:
+        if database not in ("sqlite", "postgres"):
+            parser.error(f"unknown database {database!r}: sqlite or postgres")
+        problem = postgres_problem() if database == "postgres" else None
+        if problem:
+            skipped[database] = problem
+        else:
+            chosen.append(database)
+    return chosen, skipped
+
+
 # --- the service -----------------------------------------------------------------------------------
-
-
-def amobridge(*args: str) -> list[str]:
-    return [sys.executable, "-m", "amobridge", *args]
 
 
 def service_env(
@@ -147,8 +154,7 @@ def service_env(
     log_level: str,
     connection_check_ms: int | None = None,
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("AMOBRIDGE_")}
-    env.update(
+    env = clean_env(
         AMOBRIDGE_ENVIRONMENT="production",
         AMOBRIDGE_LOG_LEVEL=log_level,
         AMOBRIDGE_DATABASE__URL=database_url,
@@ -162,9 +168,10 @@ def service_env(
 
 
 @contextlib.contextmanager
-def running_service(env: dict[str, str], workdir: Path) -> Iterator[str]:
-    """``amobridge serve`` on a free port, ready once ``/healthz`` answers 200."""
-    port = free_port()
+def running_service(env: dict[str, str], workdir: Path, port: int | None = None) -> Iterator[str]:
+    """``amobridge serve`` on ``port`` (a free one by default: give it when the service's public
+    URL must be known before it starts), ready once ``/healthz`` answers 200."""
+    port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     with running_process(
         amobridge("serve", "--host", "127.0.0.1", "--port", str(port)),
@@ -178,35 +185,46 @@ def running_service(env: dict[str, str], workdir: Path) -> Iterator[str]:
         yield base
 
 
-def create_app_key(env: dict[str, str], workdir: Path) -> str:
+def run_cli(env: dict[str, str], workdir: Path, *args: str, timeout: float = 60) -> str:
+    """``amobridge <args>`` as an operator runs it beside the service; its output."""
     done = subprocess.run(  # noqa: S603 - our own interpreter and program
-        amobridge("api-keys", "create", "--name", "bench", "--role", "app"),
+        amobridge(*args),
         env=env,
         cwd=workdir,
         capture_output=True,
         text=True,
         check=False,
-        timeout=60,
+        timeout=timeout,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"amobridge api-keys create failed: {done.stderr.strip()[-500:]}")
-    return done.stdout.strip().splitlines()[-1]
+        command = " ".join(itertools.takewhile(lambda a: not a.startswith("-"), args))
+        raise RuntimeError(
+            f"amobridge {command} failed: {(done.stderr or done.stdout).strip()[-500:]}"
+        )
+    return done.stdout
+
+
+def create_app_key(env: dict[str, str], workdir: Path) -> str:
+    out = run_cli(env, workdir, "api-keys", "create", "--name", "bench", "--role", "app")
+    return out.strip().splitlines()[-1]
+
+
+def import_token(base: str, admin_key: str, owner: str, domain: str, access_token: str) -> None:
+    """``POST /amocrm/tokens``: ``owner`` connected to ``domain`` with a long-lived token."""
+    with httpx.Client(base_url=base, timeout=30) as client:
+        made = client.post(
+            "/amocrm/tokens",
+            headers={"Authorization": f"Bearer {admin_key}"},
+            json={"owner": owner, "domain": domain, "access_token": access_token},
+        )
+    if made.status_code != 201:  # not its body: a 422 would repeat the token
+        raise RuntimeError(f"POST /amocrm/tokens answered {made.status_code}")
 
 
 def connect_owner(base: str, admin_key: str, app_key: str) -> str:
     """A long-lived connection for ``OWNER``; checks the status read answers it."""
+    import_token(base, admin_key, OWNER, "bench.amocrm.ru", "bench-long-lived-" + uuid.uuid4().hex)
     with httpx.Client(base_url=base, timeout=10) as client:
-        made = client.post(
-            "/amocrm/tokens",
-            headers={"Authorization": f"Bearer {admin_key}"},
-            json={
-                "owner": OWNER,
-                "domain": "bench.amocrm.ru",
-                "access_token": "bench-long-lived-" + uuid.uuid4().hex,
-            },
-        )
-        if made.status_code != 201:
-            raise RuntimeError(f"POST /amocrm/tokens answered {made.status_code}")
         path = f"/amocrm/status?owner={OWNER}"
         check = client.get(path, headers={"Authorization": f"Bearer {app_key}"})
         if check.status_code != 200 or check.json().get("connected") is not True:
@@ -224,8 +242,7 @@ def measure(database: str, args: argparse.Namespace, wrk: str) -> DatabaseRun:
     admin_key, _ = new_api_key()
     with tempfile.TemporaryDirectory(prefix=f"amobridge-bench-{database}-") as tmp:
         workdir = Path(tmp)
-        holder = sqlite_database(workdir) if database == "sqlite" else postgres_database()
-        with holder as url:
+        with database_at(database, workdir) as url:
             env = service_env(
                 url, generate_key(), admin_key, args.log_level, args.connection_check_ms
             )
@@ -244,18 +261,7 @@ def measure(database: str, args: argparse.Namespace, wrk: str) -> DatabaseRun:
                     )
                     return Measurement(name, *got)
 
-                for name in routes:  # warm-up: imports, pools, caches, the first requests
-                    load(name, args.warmup)
-                rounds: dict[str, list[Measurement]] = {name: [] for name in routes}
-                for _ in range(args.rounds):
-                    for name in routes:
-                        rounds[name].append(load(name, args.duration))
-    best: dict[str, Measurement] = {}
-    for name, runs in rounds.items():
-        chosen = max(runs, key=lambda m: m.rps)
-        chosen.rounds_rps = [round(m.rps, 1) for m in runs]
-        chosen.errors = sum(m.errors for m in runs)
-        best[name] = chosen
+                best = best_of_rounds(load, routes, args)
     return DatabaseRun(database, best["healthz"], best["status"])
 
 
@@ -272,10 +278,7 @@ def report(runs: list[DatabaseRun], skipped: dict[str, str], args: argparse.Name
         f"{args.duration:g} s after {args.warmup:g} s warm-up; log level {args.log_level}; "
         f"connection_check_ms {_check_ms(args)}; load average {os.getloadavg()[0]:.1f})"
     )
-    header = (
-        f"{'database':<10}{'route':<18}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-        f"{'ratio':>8}  result"
-    )
+    header = f"{Measurement.header(18)}{'ratio':>8}  result"
     print(header)
     print("-" * len(header))
     for run in runs:
@@ -283,10 +286,7 @@ def report(runs: list[DatabaseRun], skipped: dict[str, str], args: argparse.Name
             last = m is run.status
             ratio = f"{run.ratio:.2f}" if last else ""
             verdict = ("PASS" if run.passed else "FAIL") if last else ""
-            print(
-                f"{run.database:<10}{m.route:<18}{m.rps:>9,.0f}{m.p50_ms:>9.2f}{m.p99_ms:>9.2f}"
-                f"{m.errors:>8}{ratio:>8}  {verdict}"
-            )
+            print(f"{m.row(run.database, 18)}{ratio:>8}  {verdict}")
     for database, why in skipped.items():
         print(f"{database:<10}not measured: {why}  FAIL")
     print(f"targets: status/healthz ≥ {TARGET_RATIO}, status p99 ≤ {TARGET_P99_MS:g} ms, 0 errors")
@@ -294,10 +294,7 @@ def report(runs: list[DatabaseRun], skipped: dict[str, str], args: argparse.Name
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--duration", type=float, default=4, help="seconds per route and round")
-    parser.add_argument("--warmup", type=float, default=1, help="seconds of warm-up per route")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per route")
-    parser.add_argument("--connections", type=int, default=16)
+    add_load_arguments(parser)
     parser.add_argument("--databases", default="sqlite,postgres", help="comma-separated")
     parser.add_argument(
         "--log-level", default="INFO", help="AMOBRIDGE_LOG_LEVEL of the service (INFO: default)"
@@ -314,16 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     if wrk is None:
         print("wrk is not installed (make system-deps): this benchmark needs it")
         return 1
-    runs: list[DatabaseRun] = []
-    skipped: dict[str, str] = {}
-    for database in [d.strip() for d in args.databases.split(",") if d.strip()]:
-        if database not in ("sqlite", "postgres"):
-            parser.error(f"unknown database {database!r}: sqlite or postgres")
-        problem = postgres_problem() if database == "postgres" else None
-        if problem:
-            skipped[database] = problem
-            continue
-        runs.append(measure(database, args, wrk))
+    databases, skipped = pick_databases(parser, args.databases)
+    runs = [measure(database, args, wrk) for database in databases]
     report(runs, skipped, args)
     passed = bool(runs) and not skipped and all(run.passed for run in runs)
     summary = {
@@ -335,11 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "log_level": args.log_level,
         "connection_check_ms": args.connection_check_ms,
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "measured_at": int(time.time()),
+        **machine(),
         "targets": {"status_to_healthz": TARGET_RATIO, "status_p99_ms": TARGET_P99_MS},
         "results": [run.public() for run in runs],
         "skipped": skipped,

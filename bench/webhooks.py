@@ -27,29 +27,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from _support import wrk_load
-from service import (
-    postgres_database,
-    postgres_problem,
-    running_service,
-    service_env,
-    sqlite_database,
+from _support import (
+    Measurement,
+    WrkNumbers,
+    add_load_arguments,
+    best_of_rounds,
+    lua_string,
+    machine,
+    write_result,
+    wrk_load,
+    wrk_run,
 )
+from service import database_at, import_token, pick_databases, running_service, service_env
 
 TARGET_RATIO = 0.5
 TARGET_P99_MS = 20.0
@@ -57,18 +58,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "webhooks.json"
 OWNER = "bench-owner"
 ACCOUNT_ID = 30739638
 SUBDOMAIN = "bench"
-
-_DONE = """
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "BENCH_JSON {\\"requests\\":%d,\\"duration_us\\":%d,\\"errors\\":%d,"
-    .. "\\"p50_us\\":%d,\\"p99_us\\":%d}\\n",
-    summary.requests, summary.duration,
-    e.connect + e.read + e.write + e.status + e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
-"""
 
 
 def form_body(lead_id: str, updated_at: str) -> str:
@@ -104,13 +93,7 @@ def form_body(lead_id: str, updated_at: str) -> str:
     return urlencode(fields)
 
 
-def _lua(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def wrk_post(
-    wrk: str, url: str, *, duration: float, connections: int
-) -> tuple[int, float, int, float, float]:
+def wrk_post(wrk: str, url: str, *, duration: float, connections: int) -> WrkNumbers:
     """(requests, seconds, errors, p50 ms, p99 ms) of one ``wrk -t1`` run POSTing unique bodies."""
     template = form_body("LEADID", "UPDATEDAT")
     script = "\n".join(
@@ -118,7 +101,7 @@ def wrk_post(
             'wrk.method = "POST"',
             'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"',
             'wrk.headers["User-Agent"] = "amoCRM-Webhooks/3.0"',
-            f"local template = {_lua(template)}",
+            f"local template = {lua_string(template)}",
             f"local counter = {int(time.time() * 1000) % 1_000_000_000}",
             "request = function()",
             "  counter = counter + 1",
@@ -126,61 +109,10 @@ def wrk_post(
             '  body = string.gsub(body, "UPDATEDAT", tostring(1700000000 + counter))',
             "  return wrk.format(nil, nil, nil, body)",
             "end",
-            _DONE,
         ]
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "webhook.lua"
-        path.touch(mode=0o600)
-        path.write_text(script)
-        completed = subprocess.run(  # noqa: S603 - wrk from PATH, our arguments
-            [
-                wrk,
-                "-t1",
-                f"-c{connections}",
-                f"-d{duration:g}s",
-                "--latency",
-                "--timeout",
-                "5s",
-                "-s",
-                str(path),
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    for line in completed.stdout.splitlines():
-        if line.startswith("BENCH_JSON "):
-            data = json.loads(line.removeprefix("BENCH_JSON "))
-            return (
-                int(data["requests"]),
-                data["duration_us"] / 1e6,
-                int(data["errors"]),
-                data["p50_us"] / 1000,
-                data["p99_us"] / 1000,
-            )
-    raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr.strip()[:500]}")
-
-
-@dataclass
-class Measurement:
-    route: str
-    requests: int
-    seconds: float
-    errors: int
-    p50_ms: float
-    p99_ms: float
-    rounds_rps: list[float] = field(default_factory=list)
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.seconds if self.seconds else 0.0
-
-    def public(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["rps"] = round(self.rps, 1)
-        return data
+    numbers, _ = wrk_run(wrk, url, script, duration=duration, connections=connections)
+    return numbers
 
 
 @dataclass
@@ -229,17 +161,6 @@ def _token() -> str:
     return jwt.encode(claims, "bench-only-" + uuid.uuid4().hex, algorithm="HS256")
 
 
-def connect_owner(base: str, admin_key: str) -> None:
-    with httpx.Client(base_url=base, timeout=10) as client:
-        made = client.post(
-            "/amocrm/tokens",
-            headers={"Authorization": f"Bearer {admin_key}"},
-            json={"owner": OWNER, "domain": f"{SUBDOMAIN}.amocrm.ru", "access_token": _token()},
-        )
-        if made.status_code != 201:
-            raise RuntimeError(f"POST /amocrm/tokens answered {made.status_code}")
-
-
 async def _secret_and_count(url: str, key: str) -> tuple[str, int]:
     from sqlalchemy import func, select
 
@@ -269,12 +190,11 @@ def measure(database: str, args: argparse.Namespace, wrk: str) -> DatabaseRun:
     key = generate_key()
     with tempfile.TemporaryDirectory(prefix=f"amobridge-bench-hooks-{database}-") as tmp:
         workdir = Path(tmp)
-        holder = sqlite_database(workdir) if database == "sqlite" else postgres_database()
-        with holder as url:
+        with database_at(database, workdir) as url:
             env = service_env(url, key, admin_key, args.log_level)
             env["AMOBRIDGE_SERVER__PUBLIC_URL"] = "http://127.0.0.1:8000"
             with running_service(env, workdir) as base:
-                connect_owner(base, admin_key)
+                import_token(base, admin_key, OWNER, f"{SUBDOMAIN}.amocrm.ru", _token())
                 secret, _ = asyncio.run(_secret_and_count(url, key))
                 hook = f"{base}/webhooks/amocrm/{secret}"
                 check = httpx.post(
@@ -285,7 +205,10 @@ def measure(database: str, args: argparse.Namespace, wrk: str) -> DatabaseRun:
                 if check.status_code != 200:
                     raise RuntimeError(f"the webhook answered {check.status_code}")
 
+                sent = 1
+
                 def load(name: str, seconds: float) -> Measurement:
+                    nonlocal sent
                     if name == "healthz":
                         got = wrk_load(
                             wrk,
@@ -294,29 +217,14 @@ def measure(database: str, args: argparse.Namespace, wrk: str) -> DatabaseRun:
                             duration=seconds,
                             connections=args.connections,
                         )
-                    else:
-                        got = wrk_post(wrk, hook, duration=seconds, connections=args.connections)
-                    return Measurement(name, *got)
+                        return Measurement(name, *got)
+                    got = wrk_post(wrk, hook, duration=seconds, connections=args.connections)
+                    measured = Measurement(name, *got)
+                    sent += measured.requests - measured.errors
+                    return measured
 
-                sent = 1
-                for name in ("healthz", "webhook"):  # warm-up
-                    warm = load(name, args.warmup)
-                    if name == "webhook":
-                        sent += warm.requests - warm.errors
-                rounds: dict[str, list[Measurement]] = {"healthz": [], "webhook": []}
-                for _ in range(args.rounds):
-                    for name in rounds:
-                        measured = load(name, args.duration)
-                        rounds[name].append(measured)
-                        if name == "webhook":
-                            sent += measured.requests - measured.errors
+                best = best_of_rounds(load, ("healthz", "webhook"), args)
                 _, stored = asyncio.run(_secret_and_count(url, key))
-    best: dict[str, Measurement] = {}
-    for name, runs in rounds.items():
-        chosen = max(runs, key=lambda m: m.rps)
-        chosen.rounds_rps = [round(m.rps, 1) for m in runs]
-        chosen.errors = sum(m.errors for m in runs)
-        best[name] = chosen
     # wrk counts a request once its answer is read: every counted 200 was committed before it.
     return DatabaseRun(database, best["healthz"], best["webhook"], sent, stored)
 
@@ -327,18 +235,14 @@ def report(runs: list[DatabaseRun], skipped: dict[str, str], args: argparse.Name
         f"{args.duration:g} s after {args.warmup:g} s warm-up; load average "
         f"{os.getloadavg()[0]:.1f})"
     )
-    header = (
-        f"{'database':<10}{'route':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-        f"{'ratio':>8}{'stored':>10}  result"
-    )
+    header = f"{Measurement.header(10)}{'ratio':>8}{'stored':>10}  result"
     print(header)
     print("-" * len(header))
     for run in runs:
         for m in (run.healthz, run.webhook):
             last = m is run.webhook
             print(
-                f"{run.database:<10}{m.route:<10}{m.rps:>9,.0f}{m.p50_ms:>9.2f}{m.p99_ms:>9.2f}"
-                f"{m.errors:>8}{(f'{run.ratio:.2f}' if last else ''):>8}"
+                f"{m.row(run.database, 10)}{(f'{run.ratio:.2f}' if last else ''):>8}"
                 f"{(f'{run.stored}/{run.sent}' if last else ''):>10}  "
                 f"{('PASS' if run.passed else 'FAIL') if last else ''}"
             )
@@ -352,10 +256,7 @@ def report(runs: list[DatabaseRun], skipped: dict[str, str], args: argparse.Name
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--duration", type=float, default=4, help="seconds per route and round")
-    parser.add_argument("--warmup", type=float, default=1, help="seconds of warm-up per route")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per route")
-    parser.add_argument("--connections", type=int, default=16)
+    add_load_arguments(parser)
     parser.add_argument("--databases", default="sqlite,postgres", help="comma-separated")
     parser.add_argument("--log-level", default="WARNING", help="AMOBRIDGE_LOG_LEVEL of the service")
     args = parser.parse_args(argv)
@@ -363,16 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     if wrk is None:
         print("wrk is not installed (make system-deps): this benchmark needs it")
         return 1
-    runs: list[DatabaseRun] = []
-    skipped: dict[str, str] = {}
-    for database in [d.strip() for d in args.databases.split(",") if d.strip()]:
-        if database not in ("sqlite", "postgres"):
-            parser.error(f"unknown database {database!r}: sqlite or postgres")
-        problem = postgres_problem() if database == "postgres" else None
-        if problem:
-            skipped[database] = problem
-            continue
-        runs.append(measure(database, args, wrk))
+    databases, skipped = pick_databases(parser, args.databases)
+    runs = [measure(database, args, wrk) for database in databases]
     report(runs, skipped, args)
     passed = bool(runs) and not skipped and all(run.passed for run in runs)
     summary = {
@@ -383,23 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_s": args.warmup,
         "rounds": args.rounds,
         "log_level": args.log_level,
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "measured_at": int(time.time()),
+        **machine(),
         "targets": {"webhook_to_healthz": TARGET_RATIO, "webhook_p99_ms": TARGET_P99_MS},
         "results": [run.public() for run in runs],
         "skipped": skipped,
         "passed": passed,
     }
-    return write_result(summary)
-
-
-def write_result(summary: dict[str, Any]) -> int:
-    from _support import write_result as write
-
-    return write(RESULTS, summary, "")
+    return write_result(RESULTS, summary, "")
 
 
 if __name__ == "__main__":
