@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from standardwebhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -85,6 +86,11 @@ class EventsStack:
     def services(self) -> Services:
         services: Services = self.stack.services
         return services
+
+    def events(self, path: str = "/hook") -> list[dict[str, Any]]:
+        """Every event that reached the host app at ``path``, in order, each verified against
+        its signature with :data:`SECRET` (a bad one raises)."""
+        return [Webhook(SECRET).verify(a.body, a.headers) for a in self.host.at(path)]
 
 
 @contextlib.asynccontextmanager
