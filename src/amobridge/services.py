@@ -280,6 +280,7 @@ class Services:
                 await task
         self._tasks.clear()
         await self.webhooks.batcher.aclose()  # deliveries not yet written get 503
+        await self.sync.intake.aclose()  # so do leads
         await self.auth.aclose()
         await self.clients.aclose()
         await self.db.dispose()

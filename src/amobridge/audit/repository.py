@@ -10,6 +10,35 @@ from amobridge.storage.repository import Repository
 from amobridge.storage.tables import AuditEntry, utcnow
 
 
+def entry(
+    *,
+    actor: str,
+    action: str,
+    success: bool,
+    owner: str | None = None,
+    connection_id: str | None = None,
+    message: str | None = None,
+    error: str | None = None,
+    lead_id: int | None = None,
+    stage_id: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """An audit row, to add to a unit of work (:meth:`AuditRepository.record` adds one)."""
+    return AuditEntry(
+        at=utcnow(),
+        actor=actor,
+        action=action,
+        success=success,
+        owner=owner,
+        connection_id=connection_id,
+        message=message,
+        error=error,
+        lead_id=lead_id,
+        stage_id=stage_id,
+        details=details,
+    )
+
+
 class AuditRepository(Repository[AuditEntry]):
     model = AuditEntry
 
@@ -28,8 +57,7 @@ class AuditRepository(Repository[AuditEntry]):
         details: dict[str, Any] | None = None,
     ) -> AuditEntry:
         return self.add(
-            AuditEntry(
-                at=utcnow(),
+            entry(
                 actor=actor,
                 action=action,
                 success=success,

@@ -169,18 +169,28 @@ class JobQueue:
         connection_id: str | None = None,
         ordering_key: str | None = None,
         dedup_key: str | None = None,
+        idempotency_key: str | None = None,
     ) -> bool:
         """:meth:`enqueue` in a unit run in one call (:meth:`Database.run_unit
         <amobridge.storage.db.Database.run_unit>`), on its synchronous connection; whether a job
         was inserted. This process's worker is not woken by it: call :meth:`wake` once that
-        unit has committed (PostgreSQL's workers are, by the NOTIFY sent in it)."""
+        unit has committed (PostgreSQL's workers are, by the NOTIFY sent in it).
+        ``idempotency_key``: the job's own (see :meth:`new_idempotency_key`), when the caller
+        stores it with what the job works on before the job exists."""
         jobs = JobUnitRepository(connection)
         now = self.clock.now_in(jobs)
         values = self._values(now, kind, payload, owner, connection_id, ordering_key, dedup_key)
+        if idempotency_key is not None:
+            values["idempotency_key"] = idempotency_key
         inserted = jobs.insert_job(self._due(values, now, None, None), now=now)
         if inserted:
             jobs.notify(kind)
         return inserted
+
+    @staticmethod
+    def new_idempotency_key() -> str:
+        """A job idempotency key, as :meth:`enqueue` makes them."""
+        return uuid.uuid4().hex
 
     def wake(self) -> None:
         """Wake this process's worker (after a unit that enqueued with :meth:`enqueue_in`
@@ -213,7 +223,7 @@ class JobQueue:
             "attempts": 0,
             "ordering_key": _key(ordering_key, "ordering_key"),
             "dedup_key": _key(dedup_key, "dedup_key"),
-            "idempotency_key": uuid.uuid4().hex,
+            "idempotency_key": JobQueue.new_idempotency_key(),
             "created_at": now,
             "updated_at": now,
         }

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Insert, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from amobridge.storage.tables import Base
 
@@ -76,3 +77,18 @@ class UnitRepository:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.dialect = connection.dialect.name
+
+
+class SyncRepository(Generic[Model]):
+    """SQL for one table through a synchronous ORM session over the connection of a unit run
+    in one call (:meth:`Database.run_unit <amobridge.storage.db.Database.run_unit>`): the hot
+    paths that write many callers' rows at once. Never commits either."""
+
+    model: ClassVar[type[Base]]
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.dialect = session.get_bind().dialect.name
+
+    def insert(self) -> Insert:
+        return dialect_insert(self.dialect, self.model)

@@ -113,10 +113,13 @@ class LeadRepository(Repository[Lead]):
             query = query.with_for_update()
         return await self.session.scalar(query)
 
+    @staticmethod
+    def external_id_query(owner: str, external_id: str) -> Any:
+        return select(Lead).where(Lead.owner == owner, Lead.external_id == external_id)
+
     async def by_external_id(self, owner: str, external_id: str) -> Lead | None:
-        return await self.session.scalar(
-            select(Lead).where(Lead.owner == owner, Lead.external_id == external_id)
-        )
+        found: Lead | None = await self.session.scalar(self.external_id_query(owner, external_id))
+        return found
 
     async def page(
         self,
@@ -277,24 +280,29 @@ class ContactRepository(Repository[Contact]):
             select(Contact).where(Contact.owner == owner, Contact.external_id == external_id)
         )
 
+    @staticmethod
+    def duplicate_queries(connection_id: str, *, email: str | None, phone: str | None) -> list[Any]:
+        """The look-ups :meth:`duplicate_of` tries in turn: by e-mail, then by phone."""
+        return [
+            select(Contact)
+            .where(
+                Contact.connection_id == connection_id,
+                column == value,
+                Contact.deleted.is_(False),
+            )
+            .order_by(Contact.created_at, Contact.id)
+            .limit(1)
+            for column, value in ((Contact.email, email), (Contact.phone, phone))
+            if value is not None
+        ]
+
     async def duplicate_of(
         self, connection_id: str, *, email: str | None, phone: str | None
     ) -> Contact | None:
         """The connection's contact with this e-mail (lower-cased) or, failing that, this phone
         (E.164): the oldest, so every duplicate leads to the same one."""
-        for column, value in ((Contact.email, email), (Contact.phone, phone)):
-            if value is None:
-                continue
-            found = await self.session.scalar(
-                select(Contact)
-                .where(
-                    Contact.connection_id == connection_id,
-                    column == value,
-                    Contact.deleted.is_(False),
-                )
-                .order_by(Contact.created_at, Contact.id)
-                .limit(1)
-            )
+        for query in self.duplicate_queries(connection_id, email=email, phone=phone):
+            found: Contact | None = await self.session.scalar(query)
             if found is not None:
                 return found
         return None

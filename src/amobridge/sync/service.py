@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -35,6 +34,15 @@ from amobridge.storage.db import Database
 from amobridge.storage.tables import Connection, Contact, Lead
 from amobridge.sync import kinds
 from amobridge.sync.catalogue import Catalogue, CatalogueService, UnknownReference
+from amobridge.sync.intake import (
+    Answer,
+    LeadIntake,
+    NewLead,
+    Resolved,
+    UnitQueue,
+    merge_contact,
+    replay,
+)
 from amobridge.sync.repository import (
     ContactRepository,
     Cursor,
@@ -53,10 +61,8 @@ from amobridge.sync.views import contact_out, fold, lead_out, mark_dirty
 
 log = logging.getLogger("amobridge.sync")
 
-Answer = tuple[int, dict[str, Any], bool]  # status, body, replayed
 
-
-class Queue(Protocol):
+class Queue(UnitQueue, Protocol):
     """What the service needs of the job queue: enqueue inside the caller's unit of work."""
 
     async def enqueue(
@@ -72,28 +78,9 @@ class Queue(Protocol):
     ) -> Any: ...
 
 
-@dataclass(frozen=True)
-class Resolved:
-    pipeline_id: int | None
-    status_id: int | None
-    custom_fields: list[dict[str, Any]] | None  # amoCRM values with names; None: not given
-    unresolved: dict[str, Any] | None
-
-
 def _request_hash(route: str, body: dict[str, Any]) -> str:
     canonical = json.dumps([route, body], sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _replay(found: Any, request_hash: str) -> Answer:
-    if found.request_hash != request_hash or found.response is None:
-        raise ServiceError(
-            "this Idempotency-Key was already used with another request: use a new key for a "
-            "new request (the first answer is replayed only for the same body)",
-            status_code=422,
-            code="idempotency_key_reused",
-        )
-    return int(found.status_code or 200), dict(found.response), True
 
 
 def _searched(q: str | None, region: str) -> Search | None:
@@ -139,6 +126,7 @@ class SyncService:
         self.keyring = keyring
         self.catalogues = catalogues
         self.queue = queue
+        self.intake = LeadIntake(db, queue)
 
     @property
     def region(self) -> str:
@@ -160,7 +148,7 @@ class SyncService:
             return None
         async with self.db.read() as session:
             found = await IdempotencyRepository(session).find(owner, key)
-        return _replay(found, request_hash) if found is not None else None
+        return replay(found, request_hash) if found is not None else None
 
     def _contact_keys(
         self, given: ContactIn | ContactCreateBody | ContactPatchBody
@@ -272,127 +260,21 @@ class SyncService:
                 custom_fields=body.custom_fields,
                 creating=True,
             )
-        async with self.db.transaction() as session:
-            idempotency = IdempotencyRepository(session)
-            if idempotency_key is not None:
-                first = await idempotency.claim(owner, idempotency_key, request_hash)
-                if first is not None:
-                    return _replay(first, request_hash)
-            leads = LeadRepository(session)
-            status, lead = 201, None
-            if body.external_id:
-                lead = await leads.by_external_id(owner, body.external_id)
-                status = 200 if lead is not None else 201
-            if lead is None:
-                if resolved is None:  # the external_id's lead has gone since (it never does)
-                    raise ServiceError(
-                        "the lead changed meanwhile: send the request again", status_code=409
-                    )
-                lead = await self._insert_lead(
-                    session, connection, owner, body, resolved, email, phone
-                )
-                if lead is None:  # a concurrent POST stored this external_id first
-                    lead = await leads.by_external_id(owner, body.external_id or "")
-                    status = 200
-                else:
-                    AuditRepository(session).record(
-                        actor=actor,
-                        action="lead.create",
-                        success=True,
-                        owner=owner,
-                        connection_id=connection.id,
-                        message=f"lead {lead.id} accepted",
-                        details={"lead": lead.id, "external_id": lead.external_id},
-                    )
-            assert lead is not None
-            contacts = await leads.main_contacts([lead.id])
-            answer = lead_out(
-                lead,
-                contact=contacts.get(lead.id),
-                catalogue=catalogue,
-                connection=connection.status,
-            )
-            if idempotency_key is not None:
-                await idempotency.answer(owner, idempotency_key, status, answer)
-        return status, answer, False
-
-    async def _insert_lead(
-        self,
-        session: AsyncSession,
-        connection: Connection,
-        owner: str,
-        body: LeadCreateBody,
-        resolved: Resolved,
-        email: str | None,
-        phone: str | None,
-    ) -> Lead | None:
-        leads = LeadRepository(session)
-        lead = Lead(
-            owner=owner,
-            connection_id=connection.id,
-            name=body.name,
-            name_folded=fold(body.name),
-            price=body.price,
-            pipeline_id=resolved.pipeline_id,
-            status_id=resolved.status_id,
-            responsible_user_id=body.responsible_user_id,
-            custom_fields=[f for f in resolved.custom_fields or [] if f["values"] is not None],
-            tags=list(dict.fromkeys(body.tags or [])),
-            external_id=body.external_id,
-            sync_state="pending",
-            version=1,
-            dirty={},
-            unresolved=resolved.unresolved,
-        )
-        if await leads.add_new(lead) is None:
-            return None
-        if body.contact is not None and (body.contact.name or email or phone):
-            contact = await self._contact_for_lead(
-                session, connection, owner, body.contact, email, phone
-            )
-            await leads.link(lead.id, contact.id)
-        job = await self._enqueue(session, kinds.LEAD_CREATE, lead, dedup=False)
-        lead.create_key = job.idempotency_key
-        await leads.flush()
-        return lead
-
-    async def _contact_for_lead(
-        self,
-        session: AsyncSession,
-        connection: Connection,
-        owner: str,
-        given: ContactIn,
-        email: str | None,
-        phone: str | None,
-    ) -> Contact:
-        """The connection's contact with this e-mail or phone (what it lacked added to it), or
-        a new one, pushed with the lead."""
-        contacts = ContactRepository(session)
-        found = await contacts.duplicate_of(connection.id, email=email, phone=phone)
-        if found is None:
-            contact = Contact(
+        return await self.intake.submit(
+            NewLead(
                 owner=owner,
                 connection_id=connection.id,
-                name=given.name,
-                name_folded=fold(given.name),
+                connection_status=connection.status,
+                body=body,
+                resolved=resolved,
+                catalogue=catalogue,
                 email=email,
                 phone=phone,
-                emails=[email] if email else [],
-                phones=[phone] if phone else [],
-                tags=[],
-                sync_state="pending",
-                version=1,
-                dirty={},
+                idempotency_key=idempotency_key,
+                request_hash=request_hash,
+                actor=actor,
             )
-            contacts.add(contact)
-            await contacts.flush()
-            return contact
-        changed = _merge_contact(found, name=given.name, email=email, phone=phone, primary=False)
-        if changed and found.amo_id is not None:
-            mark_dirty(found, changed)
-            await self._enqueue(session, kinds.CONTACT_UPDATE, found, dedup=True)
-        await contacts.flush()
-        return found
+        )
 
     async def get_lead(self, owner: str, lead_id: str) -> dict[str, Any]:
         connection = await self._connection(owner)
@@ -549,7 +431,7 @@ class SyncService:
             if idempotency_key is not None:
                 first = await idempotency.claim(owner, idempotency_key, request_hash)
                 if first is not None:
-                    return _replay(first, request_hash)
+                    return replay(first, request_hash)
             contacts = ContactRepository(session)
             found = (
                 await contacts.by_external_id(owner, body.external_id) if body.external_id else None
@@ -557,7 +439,7 @@ class SyncService:
             if found is None:
                 found = await contacts.duplicate_of(connection.id, email=email, phone=phone)
                 if found is not None:
-                    changed = _merge_contact(
+                    changed = merge_contact(
                         found, name=body.name, email=email, phone=phone, primary=False
                     )
                     if body.external_id and found.external_id is None:
@@ -643,7 +525,7 @@ class SyncService:
             contact = await contacts.for_owner(owner, contact_id, for_update=True)
             if contact is None:
                 raise NotFound("no contact with this id for this owner", code="contact_not_found")
-            changed = _merge_contact(
+            changed = merge_contact(
                 contact,
                 name=body.name if "name" in body.model_fields_set else None,
                 email=email,
@@ -678,37 +560,6 @@ class SyncService:
             return await IdempotencyRepository(session).purge(
                 older_than=datetime.now(UTC) - timedelta(hours=hours)
             )
-
-
-def _merge_contact(
-    contact: Contact,
-    *,
-    name: str | None,
-    email: str | None,
-    phone: str | None,
-    primary: bool,
-) -> list[str]:
-    """Add what ``contact`` lacks (``primary``: the given e-mail and phone become its first);
-    the names of the columns changed."""
-    changed: list[str] = []
-    if name and (primary or not contact.name) and name != contact.name:
-        contact.name = name
-        contact.name_folded = fold(name)
-        changed.append("name")
-    for value, single, plural in ((email, "email", "emails"), (phone, "phone", "phones")):
-        if value is None:
-            continue
-        values = list(getattr(contact, plural) or [])
-        if primary and values[:1] != [value]:
-            values = [value, *(v for v in values if v != value)]
-        elif value not in values:
-            values.append(value)
-        else:
-            continue
-        setattr(contact, plural, values)
-        setattr(contact, single, values[0])
-        changed.append(plural)
-    return changed
 
 
 def _apply_lead_patch(

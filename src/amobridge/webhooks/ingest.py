@@ -7,31 +7,25 @@ else the body holds. A secret is looked up by its SHA-256 (:class:`Targets`), ea
 for ``connection_check_ms`` (the bound every process already keeps on how stale its view of a
 connection may be), so a stream of deliveries costs one read per half second, not one per body.
 
-**Group commit** (:class:`IngestBatcher`): every delivery waits for the commit of the unit of
-work that holds it, and only then is answered 200 (invariant 1). Deliveries that arrive while a
-unit is being written go into the next one, so under load one commit carries many deliveries and
-the database's per-commit cost (the WAL append on SQLite, the fsync on PostgreSQL) is shared;
-alone, a delivery is written at once, with no wait for company.
+**Group commit** (:class:`amobridge.storage.batch.GroupCommit`): every delivery waits for the
+commit of the unit of work that holds it, and only then is answered 200 (invariant 1).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
 import re
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from amobridge.storage.db import Database
-from amobridge.storage.guard import StorageUnavailable
 from amobridge.webhooks.repository import Target, WebhookConnectionRepository
 
 log = logging.getLogger("amobridge.webhooks")
@@ -44,7 +38,6 @@ SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _ACCOUNT_FIELD = re.compile(
     rb"(?:^|&)account(?:\[|%5b)(id|subdomain)(?:\]|%5d)=([^&]*)", re.IGNORECASE
 )
-MAX_BATCH = 256
 CACHE_LIMIT = 10_000
 
 
@@ -179,117 +172,6 @@ class Stored:
 
     delivery_id: int
     duplicate_of: int | None = None
-
-
-Writer = Callable[[list[Incoming]], Awaitable[list[Stored]]]
-
-
-@dataclass
-class _Lane:
-    """The batcher's state on one event loop (tests run a loop each; a server runs one)."""
-
-    loop: asyncio.AbstractEventLoop
-    items: deque[tuple[Incoming, asyncio.Future[Stored]]] = field(default_factory=deque)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    writing: set[asyncio.Task[None]] = field(default_factory=set)
-
-
-class IngestBatcher:
-    """Writes deliveries in groups: one unit of work for whatever is waiting when a writer is
-    free (at most ``max_batch``), each delivery's caller resumed after that commit.
-
-    ``writers`` units may be written at the same time: 1 on SQLite (one writer at a time is all
-    it has), more on PostgreSQL, whose commits wait for the disk in parallel. Two copies of one
-    body in two concurrent units may then both be stored as first copies; applying the second
-    changes nothing (it is no newer than the first)."""
-
-    def __init__(self, write: Writer, *, max_batch: int = MAX_BATCH, writers: int = 1) -> None:
-        self._write = write
-        self._max_batch = max_batch
-        self._writers = writers
-        self._lane: _Lane | None = None
-
-    def _current(self) -> _Lane:
-        loop = asyncio.get_running_loop()
-        lane = self._lane
-        if lane is None or lane.loop is not loop:
-            lane = self._lane = _Lane(loop)
-        if lane.task is None or lane.task.done():
-            lane.task = loop.create_task(self._run(lane), name="webhook-ingest")
-        return lane
-
-    async def submit(self, item: Incoming) -> Stored:
-        lane = self._current()
-        future: asyncio.Future[Stored] = lane.loop.create_future()
-        lane.items.append((item, future))
-        lane.wake.set()
-        return await future
-
-    async def _run(self, lane: _Lane) -> None:
-        free = asyncio.Semaphore(self._writers)
-        while True:
-            if not lane.items:
-                lane.wake.clear()
-                await lane.wake.wait()
-                continue
-            await free.acquire()  # meanwhile the next batch gathers
-            batch = [lane.items.popleft() for _ in range(min(len(lane.items), self._max_batch))]
-            if not batch:
-                free.release()
-                continue
-            # A caller that went away (its client hung up) is still written: amoCRM resends
-            # what it was not answered, and the copy is then found as a duplicate.
-            task = lane.loop.create_task(self._write_batch(batch))
-            lane.writing.add(task)
-
-            def finished(done: asyncio.Task[None]) -> None:
-                lane.writing.discard(done)
-                free.release()
-
-            task.add_done_callback(finished)
-
-    async def _write_batch(self, batch: list[tuple[Incoming, asyncio.Future[Stored]]]) -> None:
-        try:
-            stored = await self._write([item for item, _ in batch])
-        except StorageUnavailable as exc:
-            _fail(batch, exc)
-            return
-        except asyncio.CancelledError:
-            _fail(batch, StorageUnavailable("the service is stopping: amoCRM will send it again"))
-            raise
-        except Exception as exc:
-            if len(batch) == 1:
-                log.exception("a webhook delivery could not be stored")
-                _fail(batch, exc)
-                return
-            # One delivery must not sink the others: each alone, so only its caller fails.
-            for one in batch:
-                await self._write_batch([one])
-            return
-        for (_, future), result in zip(batch, stored, strict=True):
-            if not future.done():
-                future.set_result(result)
-
-    async def aclose(self) -> None:
-        lane, self._lane = self._lane, None
-        if lane is None or lane.task is None:
-            return
-        tasks = [lane.task, *lane.writing]
-        for task in tasks:
-            task.cancel()
-        if lane.loop is asyncio.get_running_loop():
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        _fail(list(lane.items), StorageUnavailable("the service is stopping: amoCRM will resend"))
-        lane.items.clear()
-
-
-def _fail(batch: list[tuple[Incoming, asyncio.Future[Stored]]], error: BaseException) -> None:
-    for _, future in batch:
-        if not future.done():
-            future.set_exception(error)
 
 
 def kept_headers(headers: Any) -> dict[str, str]:

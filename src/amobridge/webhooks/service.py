@@ -40,13 +40,13 @@ from amobridge.errors import Conflict, Forbidden, NotFound, ServiceError
 from amobridge.jobs import JobQueue
 from amobridge.jobs.handlers import describe_error
 from amobridge.settings import Settings
+from amobridge.storage.batch import GroupCommit
 from amobridge.storage.crypto import Keyring
 from amobridge.storage.db import Database
 from amobridge.storage.tables import WEBHOOK_DELIVERY_STATES, Connection, WebhookDelivery, utcnow
 from amobridge.webhooks.apply import MirrorApplier
 from amobridge.webhooks.ingest import (
     Incoming,
-    IngestBatcher,
     Stored,
     Targets,
     account_of,
@@ -112,7 +112,9 @@ class WebhookService:
         # One writer: the cost of a unit is mostly per unit (the processing job's insert, the
         # statements' compilation), so fewer, larger units answer more deliveries per second —
         # on PostgreSQL too, where four overlapping writers measured slower than one.
-        self.batcher = IngestBatcher(self._write)
+        self.batcher: GroupCommit[Incoming, Stored] = GroupCommit(
+            self._write, what="a webhook delivery"
+        )
         self.applier = MirrorApplier(phone_region=settings.sync.phone_region)
 
     @property
