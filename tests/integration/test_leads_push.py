@@ -3,7 +3,7 @@ failure, a revoked grant that pauses the work until the owner connects again."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -324,3 +324,98 @@ async def test_a_crash_between_sending_and_committing_is_reconciled(
     assert len(await requests_to(stack, "/api/v4/leads/complex")) == 1
     shown = (await get_lead(stack, lead["id"])).json()
     assert (shown["state"], shown["amo_id"]) == ("synced", in_amo.id)
+
+
+async def test_a_create_job_its_workers_abandoned_leaves_the_lead_failed_and_retryable(
+    stack: Any,
+) -> None:
+    """A job failed by the queue's upkeep (its worker stopped on every attempt, so no handler
+    ever reported an outcome) must not leave its lead ``pending`` with no job to push it."""
+    from sqlalchemy import select, update
+
+    from amobridge.storage.tables import Job
+    from amobridge.sync import kinds
+
+    await connected(stack)
+    lead = (await post_lead(stack, {"name": "orphaned"})).json()
+    db = stack.services.db
+    async with db.transaction() as session:
+        job_id = await session.scalar(select(Job.id).where(Job.kind == kinds.LEAD_CREATE))
+        long_ago = datetime.now(UTC) - timedelta(hours=1)
+        await session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                state="running",
+                attempts=Job.max_attempts,
+                locked_by="dead-worker",
+                locked_until=long_ago,
+            )
+        )
+    await drain(stack)  # the upkeep fails it
+    shown = (await get_lead(stack, lead["id"])).json()
+    assert shown["state"] == "failed"
+    assert "lease ran out" in shown["last_error"]
+    assert live_leads(stack) == []
+
+    retried = await stack.http.post(
+        f"/jobs/{job_id}/retry", params={"owner": OWNER}, headers=stack.app_headers()
+    )
+    assert retried.status_code == 200, retried.text
+    await drain(stack)
+    assert (await get_lead(stack, lead["id"])).json()["state"] == "synced"
+    assert [row.name for row in live_leads(stack)] == ["orphaned"]
+
+
+async def test_a_create_taken_over_from_a_stalled_worker_waits_for_its_request(
+    stack: Any,
+) -> None:
+    """A worker that lost its lease (stalled, not dead) may still send its create: the worker
+    that took the job over waits out the in-flight window before it looks for the lead, so it
+    never searches too early and sends a second copy."""
+    from amobridge.jobs import JobWorker
+
+    services = stack.services
+    await connected(stack)
+    await drain(stack)  # the connection's own jobs (none of a lead yet)
+    posted = (await post_lead(stack, {"name": "slow send"})).json()
+
+    def worker(name: str, ahead: timedelta) -> JobWorker:
+        return JobWorker(
+            services.db,
+            services.jobs,
+            services.job_handlers,
+            services.settings.jobs,
+            clients=services.clients,
+            services=services,
+            clock=lambda: datetime.now(UTC) + ahead,
+            worker_id=name,
+        )
+
+    stalled = worker("stalled", timedelta(0))
+    held = await stalled.claim()
+    assert len(held) == 1
+    # It stamps pushed_at (committed before sending) and then stalls past its lease.
+    lease = timedelta(seconds=services.settings.jobs.lease_seconds + 1)
+    taker = worker("taker", lease)
+    from sqlalchemy import update
+
+    from amobridge.storage.tables import Lead
+
+    async with services.db.transaction() as session:
+        await session.execute(
+            update(Lead).where(Lead.id == posted["id"]).values(pushed_at=datetime.now(UTC))
+        )
+    taken = await taker.claim()
+    assert [job.id for job in taken] == [held[0].id]
+    await taker.execute(taken)
+    assert live_leads(stack) == []  # it neither searched too early nor sent
+    assert await requests_to(stack, "/api/v4/leads/complex") == []
+
+    await stalled.execute(held)  # the stalled worker's request lands after all
+    assert len(live_leads(stack)) == 1
+
+    window = timedelta(seconds=services.settings.sync.in_flight_seconds + 1)
+    await drain(stack, ahead=lease + window)  # the window is over: it looks, finds, adopts
+    assert len(live_leads(stack)) == 1
+    assert (await get_lead(stack, posted["id"])).json()["state"] == "synced"

@@ -31,6 +31,8 @@ from amobridge.storage.guard import StorageUnavailable
 from amobridge.storage.tables import Job
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from amobridge.amo.client import AmoClient
     from amobridge.connect.clients import ConnectionClients
     from amobridge.storage.db import Database
@@ -45,6 +47,9 @@ WAIT_FOR_CONNECTION = (REAUTH_REQUIRED, DISCONNECTED)  # they end when it is act
 ERROR_TEXT_LIMIT = 2000
 
 Handler = Callable[["JobContext", Sequence[Job]], Awaitable[object]]
+# Called in the unit of work that fails jobs whose worker stopped on every attempt (the queue's
+# upkeep, not the handler, decided it): what the jobs worked on learns it too.
+AbandonedHook = Callable[["AsyncSession", Sequence[Job]], Awaitable[object]]
 OutcomeKind = Literal["succeeded", "retry", "defer", "failed", "paused"]
 
 
@@ -53,6 +58,7 @@ class HandlerSpec:
     kind: str
     handler: Handler
     batch_size: int = 1
+    on_abandoned: AbandonedHook | None = None
 
 
 class JobHandlers:
@@ -62,14 +68,24 @@ class JobHandlers:
     def __init__(self) -> None:
         self._specs: dict[str, HandlerSpec] = {}
 
-    def register(self, kind: str, handler: Handler, *, batch_size: int = 1) -> None:
+    def register(
+        self,
+        kind: str,
+        handler: Handler,
+        *,
+        batch_size: int = 1,
+        on_abandoned: AbandonedHook | None = None,
+    ) -> None:
+        """``handler`` runs the jobs of ``kind``, up to ``batch_size`` at a time.
+        ``on_abandoned(session, jobs)``: those of its jobs the upkeep failed because their
+        worker stopped before finishing on every attempt, in the unit that fails them."""
         if not kind or len(kind) > 64:
             raise ValueError("a job kind is 1 to 64 characters, e.g. sync.push_lead")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if kind in self._specs:
             raise ValueError(f"job kind {kind!r} already has a handler")
-        self._specs[kind] = HandlerSpec(kind, handler, batch_size)
+        self._specs[kind] = HandlerSpec(kind, handler, batch_size, on_abandoned)
 
     def handles(self, kind: str, *, batch_size: int = 1) -> Callable[[Handler], Handler]:
         """``register`` as a decorator."""
@@ -177,6 +193,11 @@ class JobContext:
     clients: ConnectionClients
     db: Database
     worker_id: str
+    # Jobs this attempt took over from a worker whose lease ran out: that worker may still be
+    # running them (stalled, not dead), its requests still on their way.
+    taken_over: frozenset[int] = frozenset()
+    # The queue's clock when the attempt started (tests run it ahead of the wall).
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     outcomes: dict[int, Outcome] = field(default_factory=dict)
 
     def _own(self, job: Job) -> int:

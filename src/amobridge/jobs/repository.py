@@ -53,6 +53,10 @@ PENDING, RUNNING, SUCCEEDED, FAILED, PAUSED, CANCELLED = (
     "paused",
     "cancelled",
 )
+ABANDONED = (
+    "the worker running it stopped before it finished (its lease ran out) on every attempt: "
+    "check the worker's log, then retry the job"
+)
 # Connection statuses whose jobs wait, and the pause reason each gives them.
 CONNECTION_HOLDS = ("reauth_required", "disconnected")
 BANNED = "banned"
@@ -687,9 +691,9 @@ class JobRepository(Repository[Job]):
 
     # --- upkeep ----------------------------------------------------------------------------------
 
-    async def fail_abandoned(self, *, now: datetime) -> int:
+    async def fail_abandoned(self, *, now: datetime) -> list[Job]:
         """Running jobs whose lease ran out on their last attempt (their worker died every
-        time): failed, so a job that kills its worker does not loop for ever."""
+        time): failed, so a job that kills its worker does not loop for ever. The jobs failed."""
         failed = await self.session.scalars(
             update(Job)
             .where(
@@ -703,13 +707,12 @@ class JobRepository(Repository[Job]):
                 locked_until=None,
                 finished_at=now,
                 updated_at=now,
-                last_error="the worker running it stopped before it finished (its lease ran "
-                "out) on every attempt: check the worker's log, then retry the job",
+                last_error=ABANDONED,
             )
-            .returning(Job.id)
+            .returning(Job)
             .execution_options(synchronize_session=False)
         )
-        return len(list(failed))
+        return list(failed)
 
     async def hold_inactive_connections(self, *, now: datetime) -> int:
         """Pending jobs of connections that need re-authorization or were disconnected."""

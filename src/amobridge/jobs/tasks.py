@@ -2,7 +2,9 @@
 write unit (each step is an idempotent UPDATE, so several workers running it do no harm):
 
 1. a running job whose lease ran out on its last attempt is failed (its worker died every time:
-   a job that kills its worker must not loop for ever);
+   a job that kills its worker must not loop for ever), and its kind's ``on_abandoned`` hook
+   told in the same unit (a lead whose create job failed so is marked ``failed`` with it, not
+   left ``pending`` with no job to push it);
 2. paused jobs whose wait is over go back to pending: those of connections active again (the
    owner re-connected) and those paused until a time that has passed (a ban that ended);
 3. pending jobs of connections that need re-authorization or were disconnected are paused
@@ -14,9 +16,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from amobridge.jobs.handlers import JobHandlers
 from amobridge.jobs.repository import JobRepository
 from amobridge.jobs.service import JobSignal, QueueClock
 from amobridge.storage.db import Database
+from amobridge.storage.tables import Job
 
 log = logging.getLogger("amobridge.jobs")
 
@@ -35,8 +41,10 @@ class JobTasks:
         *,
         signal: JobSignal | None = None,
         clock: QueueClock | None = None,
+        handlers: JobHandlers | None = None,
     ) -> None:
         self._db = db
+        self._handlers = handlers
         self._signal = signal
         self._clock = clock or QueueClock()
 
@@ -44,7 +52,9 @@ class JobTasks:
         async with self._db.transaction() as session:
             jobs = JobRepository(session)
             now = await self._clock.now(jobs)
-            abandoned = await jobs.fail_abandoned(now=now)
+            failed = await jobs.fail_abandoned(now=now)
+            await self._tell_abandoned(session, failed)
+            abandoned = len(failed)
             resumed = await jobs.resume(now=now)
             held = await jobs.hold_inactive_connections(now=now)
             if resumed:
@@ -56,3 +66,12 @@ class JobTasks:
         if resumed or held:
             log.info("jobs resumed: %d, paused with their connection: %d", resumed, held)
         return UpkeepReport(abandoned, resumed, held)
+
+    async def _tell_abandoned(self, session: AsyncSession, failed: list[Job]) -> None:
+        by_kind: dict[str, list[Job]] = {}
+        for job in failed:
+            by_kind.setdefault(job.kind, []).append(job)
+        for kind, jobs in by_kind.items():
+            spec = self._handlers.get(kind) if self._handlers is not None else None
+            if spec is not None and spec.on_abandoned is not None:
+                await spec.on_abandoned(session, jobs)

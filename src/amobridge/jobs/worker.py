@@ -103,10 +103,11 @@ class JobWorker:
         self.backoff = backoff or Backoff(
             settings.backoff_base_seconds, settings.backoff_cap_seconds
         )
-        self.tasks = JobTasks(db, signal=queue.signal, clock=self.clock)
+        self.tasks = JobTasks(db, signal=queue.signal, clock=self.clock, handlers=handlers)
         self.signal = queue.signal
         self._takeover_at: datetime | None = None
         self._inflight: dict[int, int] = {}  # job id → the attempt this worker holds
+        self._taken_over: set[int] = set()  # claimed from a worker whose lease ran out
         self._running: set[asyncio.Task[None]] = set()
         self._freed = asyncio.Event()
         self._stopping = False
@@ -148,6 +149,8 @@ class JobWorker:
             )
             if takeover and not claimed.took_over:  # none found: look again in a second
                 self._takeover_at = now + TAKEOVER_EVERY
+            if claimed.took_over:  # their last attempt's worker may still be at work
+                self._taken_over.update(job.id for job in claimed.jobs)
             return claimed.jobs
 
     async def execute(self, jobs: Sequence[Job]) -> dict[int, Outcome]:
@@ -176,7 +179,17 @@ class JobWorker:
 
     async def _call(self, jobs: Sequence[Job]) -> dict[int, Outcome]:
         spec = self.handlers.get(jobs[0].kind)
-        context = JobContext(jobs, self.services, self.clients, self.db, self.worker_id)
+        taken_over = frozenset(job.id for job in jobs if job.id in self._taken_over)
+        self._taken_over.difference_update(taken_over)
+        context = JobContext(
+            jobs,
+            self.services,
+            self.clients,
+            self.db,
+            self.worker_id,
+            taken_over=taken_over,
+            started_at=self.clock.wall(),
+        )
         if spec is None:  # the claim takes only registered kinds; a handler removed since
             context.report_error(LookupError(f"no handler for job kind {jobs[0].kind!r}"))
             return dict(context.outcomes)

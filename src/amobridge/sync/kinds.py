@@ -24,6 +24,15 @@ LEAD_READBACK = "sync.lead.readback"
 READBACK_BATCH = 2
 
 
+def entity_of(kind: str) -> str | None:
+    """``leads`` or ``contacts``: what a push job of ``kind`` pushes (None for other kinds)."""
+    if kind in (LEAD_CREATE, LEAD_UPDATE):
+        return "leads"
+    if kind in (CONTACT_CREATE, CONTACT_UPDATE):
+        return "contacts"
+    return None
+
+
 def update_dedup_key(kind: str, row_id: str) -> str:
     """One waiting update job per row: a second change before it runs is pushed by the same job
     (the handler sends the row's latest state)."""

@@ -74,6 +74,7 @@ Entity = Literal["leads", "contacts"]
 # A job whose row waits for another push (a lead for its contact's own create; an update for the
 # create) looks again after this long, without using an attempt.
 WAIT_FOR_CREATE = timedelta(seconds=5)
+IN_FLIGHT = "its last create may still be on its way to amoCRM: looked for once it cannot be"
 # Contact searches per phone, of the forms a stored phone most likely contains: its digits
 # (89001234567, +79001234567), "(900) 123-45-67" and "900 123-45-67" (+7 (900) 123-45-67,
 # 8 900 123-45-67). Each search is a request within amoCRM's 7 per second; the hits are compared
@@ -153,10 +154,15 @@ class SyncTasks:
         self.readback = LeadReadback(db)
 
     def register(self, handlers: JobHandlers) -> None:
-        handlers.register(kinds.LEAD_CREATE, self.create_leads, batch_size=kinds.BATCH_SIZE)
-        handlers.register(kinds.LEAD_UPDATE, self.update_leads, batch_size=kinds.BATCH_SIZE)
-        handlers.register(kinds.CONTACT_CREATE, self.create_contacts, batch_size=kinds.BATCH_SIZE)
-        handlers.register(kinds.CONTACT_UPDATE, self.update_contacts, batch_size=kinds.BATCH_SIZE)
+        for kind, handler in (
+            (kinds.LEAD_CREATE, self.create_leads),
+            (kinds.LEAD_UPDATE, self.update_leads),
+            (kinds.CONTACT_CREATE, self.create_contacts),
+            (kinds.CONTACT_UPDATE, self.update_contacts),
+        ):
+            handlers.register(
+                kind, handler, batch_size=kinds.BATCH_SIZE, on_abandoned=self.abandoned
+            )
         handlers.register(kinds.LEAD_READBACK, self.readback.run, batch_size=kinds.READBACK_BATCH)
 
     # --- handlers ------------------------------------------------------------------------------
@@ -189,6 +195,33 @@ class SyncTasks:
                 context, entity, [_Outcome(job, _row_id(job, entity), "error", exc) for job in left]
             )
 
+    async def abandoned(self, session: AsyncSession, jobs: Sequence[Job]) -> None:
+        """Jobs the queue failed because their worker stopped on every attempt: their rows are
+        ``failed`` with the reason (``lead.sync_failed`` for a lead), visible and retryable,
+        never left ``pending`` with no job to push them."""
+        for entity in ("leads", "contacts"):
+            mine = [job for job in jobs if kinds.entity_of(job.kind) == entity]
+            if not mine:
+                continue
+            repo = LeadRepository(session) if entity == "leads" else ContactRepository(session)
+            rows = await repo.by_ids([_row_id(job, entity) for job in mine], for_update=True)
+            for job in mine:
+                row = rows.get(_row_id(job, entity))
+                if row is not None:
+                    await self._mark_failed(session, row, job, job.last_error or "failed")
+
+    async def _mark_failed(
+        self, session: AsyncSession, row: Lead | Contact, job: Job, text: str
+    ) -> None:
+        was_failed = row.sync_state == "failed"
+        row.sync_state = "failed"
+        row.last_error = text
+        if isinstance(row, Lead) and not was_failed:
+            operation = "create" if job.kind == kinds.LEAD_CREATE else "update"
+            await self.events.emit_lead(
+                session, "lead.sync_failed", row, operation=operation, error=text
+            )
+
     # --- outcomes ------------------------------------------------------------------------------
     async def _settle(self, context: JobContext, entity: Entity, outcomes: list[_Outcome]) -> None:
         """Report ``outcomes`` to the queue, and the rows' side of them: ``failed`` when the
@@ -215,14 +248,7 @@ class SyncTasks:
                     continue
                 text = str(item.error) if isinstance(item.error, str) else _describe(item.error)
                 if final[item.job.id]:
-                    was_failed = row.sync_state == "failed"
-                    row.sync_state = "failed"
-                    row.last_error = text
-                    if isinstance(row, Lead) and not was_failed:
-                        operation = "create" if item.job.kind == kinds.LEAD_CREATE else "update"
-                        await self.events.emit_lead(
-                            session, "lead.sync_failed", row, operation=operation, error=text
-                        )
+                    await self._mark_failed(session, row, item.job, text)
                 else:
                     row.last_error = f"will try again: {text}"
         for item in outcomes:
@@ -347,12 +373,24 @@ class SyncTasks:
         marker: CustomField,
         items: list[_Item],
     ) -> list[_Item]:
-        """Leads whose create may have reached amoCRM before: found by their marker, adopted."""
+        """Leads whose create may have reached amoCRM before: found by their marker, adopted.
+        One whose create may still be on its way (sent moments ago by a worker that lost its
+        lease) waits until it cannot be: a search before it lands finds nothing, and a second
+        create would double it."""
         left: list[_Item] = []
         adopted: list[tuple[_Item, AmoLead]] = []
+        waiting: list[_Outcome] = []
         for item in items:
             if item.lead.pushed_at is None:
                 left.append(item)
+                continue
+            wait = (
+                self._in_flight(context, item.lead.pushed_at)
+                if item.job.id in context.taken_over
+                else None
+            )
+            if wait is not None:
+                waiting.append(_Outcome(item.job, item.lead.id, "defer", IN_FLIGHT, wait))
                 continue
             found = await _find_by_marker(client, "leads", marker.id, item.key)
             if found is None:
@@ -367,7 +405,16 @@ class SyncTasks:
                 len(adopted),
             )
             await self._adopt_leads(context, connection, adopted)
+        await self._settle(context, "leads", waiting)
         return left
+
+    def _in_flight(self, context: JobContext, pushed_at: datetime) -> timedelta | None:
+        """How much longer a create sent at ``pushed_at`` may still be on its way (None: it
+        cannot be any more)."""
+        window = timedelta(seconds=self.settings.sync.in_flight_seconds)
+        sent = pushed_at if pushed_at.tzinfo else pushed_at.replace(tzinfo=UTC)
+        left = sent + window - context.started_at
+        return left if left > timedelta(0) else None
 
     async def _adopt_leads(
         self, context: JobContext, connection: Connection, adopted: list[tuple[_Item, AmoLead]]
@@ -455,6 +502,14 @@ class SyncTasks:
                         WAIT_FOR_CREATE,
                     )
                 )
+                continue
+            elif (
+                contact.pushed_at is not None
+                and item.job.id in context.taken_over
+                and (wait := self._in_flight(context, contact.pushed_at))
+            ):
+                # A create that carried it may still be on its way: searching now would miss it.
+                waiting.append(_Outcome(item.job, item.lead.id, "defer", IN_FLIGHT, wait))
                 continue
             elif searching or contact.pushed_at is not None:
                 # The mirror is authoritative for the contacts whose fate it knows: one that a
@@ -801,6 +856,13 @@ class SyncTasks:
         searching = await self._searches_amo(connection.id)
         for job, contact, key, version in todo:
             found: AmoContact | None = None
+            if (
+                contact.pushed_at is not None
+                and job.id in context.taken_over
+                and (wait := self._in_flight(context, contact.pushed_at))
+            ):
+                context.defer(job, wait, IN_FLIGHT)
+                continue
             if contact.pushed_at is not None:
                 hit = await _find_by_marker(client, "contacts", marker.id, key)
                 found = hit if isinstance(hit, AmoContact) else None
