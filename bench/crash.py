@@ -117,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         "--rate-limit-rps", type=int, default=7, help="the sandbox's limit (0: off)"
     )
     parser.add_argument("--lease-seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--in-flight-seconds",
+        type=float,
+        default=10.0,
+        help="AMOBRIDGE_SYNC__IN_FLIGHT_SECONDS of the workers (the service's default is 75)",
+    )
     parser.add_argument("--posters", type=int, default=2, help="concurrent POST /leads clients")
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds per database")
     parser.add_argument("--seed", type=int, default=None, help="of the kill schedule")
@@ -127,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         rate_limit_rps=args.rate_limit_rps,
         lease_seconds=args.lease_seconds,
+        in_flight_seconds=args.in_flight_seconds,
         posters=args.posters,
         deadline=args.deadline,
     )
@@ -155,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
         "rate_limit_rps": args.rate_limit_rps,
         "lease_seconds": args.lease_seconds,
+        "in_flight_seconds": args.in_flight_seconds,
         "seed": args.seed,
         "load_average_1m": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),

@@ -487,6 +487,15 @@ class SyncSettings(_Group):
         "search in amoCRM before one is created (for accounts whose contacts all come "
         "through amobridge).",
     )
+    in_flight_seconds: float = Field(
+        75.0,
+        ge=0,
+        le=3600,
+        description="How long after a create request left amobridge waits before it looks in "
+        "amoCRM for what that request made, when the attempt ended without an answer (a crash, "
+        "a lost lease): a worker that lost its lease may still be sending it. At least the "
+        "amoCRM client's 60 s attempt deadline plus its wait for the pace.",
+    )
     phone_region: str = Field(
         "RU",
         pattern=r"^[A-Z]{2}$",

@@ -62,6 +62,10 @@ class CrashConfig:
     share_every: int = 10  # every n-th lead gives the previous lead's contact
     rate_limit_rps: int = 7  # the sandbox's limit (amoCRM's); 0 turns it off
     lease_seconds: float = 2.0  # how soon a killed worker's jobs are taken over
+    # How long a taken-over create waits for a request its last worker may still be sending
+    # (75 s by default): the sandbox answers within a second, so 10 s keeps the proof short and
+    # still covers a worker that stalled past its 2 s lease.
+    in_flight_seconds: float = 10.0
     posters: int = 2  # concurrent POST /leads clients
     deadline: float = 600.0  # seconds for the whole push, kills included
 
@@ -139,6 +143,7 @@ def service_env(database_url: str, sandbox_url: str, config: CrashConfig) -> dic
         # past an hour at 7 requests/second).
         AMOBRIDGE_SYNC__MIRROR_AUTHORITATIVE="true",
         AMOBRIDGE_JOBS__LEASE_SECONDS=f"{config.lease_seconds:g}",
+        AMOBRIDGE_SYNC__IN_FLIGHT_SECONDS=f"{config.in_flight_seconds:g}",
     )
 
 
