@@ -87,6 +87,13 @@ class QueueClock:
             self._read_at = time.monotonic()
         return datetime.now(UTC) + self._offset
 
+    def wall(self) -> datetime:
+        """Now without asking the database: the fixed clock (tests), else this host's clock
+        corrected by the last offset read from PostgreSQL."""
+        if self._fixed is not None:
+            return self._fixed()
+        return datetime.now(UTC) + (self._offset or timedelta(0))
+
     def now_in(self, jobs: JobUnitRepository) -> datetime:
         """:meth:`now` within a unit run in one call (a synchronous connection)."""
         if self._fixed is not None:
