@@ -235,7 +235,7 @@ def report(runs: list[DatabaseRun], skipped: dict[str, str], args: argparse.Name
         f"{args.duration:g} s after {args.warmup:g} s warm-up; load average "
         f"{os.getloadavg()[0]:.1f})"
     )
-    header = f"{Measurement.header(10)}{'ratio':>8}{'stored':>10}  result"
+    header = f"{Measurement.header(10)}{'ratio':>8}{'stored':>14}  result"
     print(header)
     print("-" * len(header))
     for run in runs:
@@ -243,7 +243,7 @@ def report(runs: list[DatabaseRun], skipped: dict[str, str], args: argparse.Name
             last = m is run.webhook
             print(
                 f"{m.row(run.database, 10)}{(f'{run.ratio:.2f}' if last else ''):>8}"
-                f"{(f'{run.stored}/{run.sent}' if last else ''):>10}  "
+                f"{(f'{run.stored}/{run.sent}' if last else ''):>14}  "
                 f"{('PASS' if run.passed else 'FAIL') if last else ''}"
             )
     for database, why in skipped.items():

@@ -38,6 +38,7 @@ readiness check: the guard, then one small write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -108,6 +109,7 @@ class Database:
         read_kwargs = {**kwargs, "pool_size": 2 * pool_size, "max_overflow": 0}
         self._kwargs = kwargs
         self._unit_engine: Engine | None = None
+        self._unit_connection: Connection | None = None  # kept open between units
         self._unit_thread: ThreadPoolExecutor | None = None
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine.sync_engine, begin="BEGIN IMMEDIATE")
@@ -148,9 +150,9 @@ class Database:
             self._reopen = False
             await self.engine.dispose()
             await self.read_engine.dispose()
-            if self._unit_engine is not None and self._unit_thread is not None:
+            if self._unit_thread is not None:
                 await asyncio.get_running_loop().run_in_executor(
-                    self._unit_thread, self._unit_engine.dispose
+                    self._unit_thread, self._close_unit_engine
                 )
 
     def _failed(self, error: BaseException, *, read_unit: bool = False) -> bool:
@@ -205,8 +207,27 @@ class Database:
                 _configure_sqlite(self._unit_engine, begin="BEGIN IMMEDIATE")
             else:  # psycopg is both drivers: the same URL
                 self._unit_engine = create_engine(url, **{**self._kwargs, "pool_size": 1})
-        with self._unit_engine.begin() as connection:
-            return work(connection)
+        connection = self._unit_connection
+        if connection is None or connection.closed or connection.invalidated:
+            # One connection for every unit: no pool checkout, return and reset per unit.
+            connection = self._unit_connection = self._unit_engine.connect()
+        try:
+            with connection.begin():
+                return work(connection)
+        except BaseException:
+            self._close_unit_connection()  # whatever failed, the next unit starts afresh
+            raise
+
+    def _close_unit_connection(self) -> None:
+        connection, self._unit_connection = self._unit_connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def _close_unit_engine(self) -> None:
+        self._close_unit_connection()
+        if self._unit_engine is not None:
+            self._unit_engine.dispose()
 
     @property
     def write_generation(self) -> int:
@@ -281,9 +302,8 @@ class Database:
         await self.read_engine.dispose()
         thread, self._unit_thread = self._unit_thread, None
         if thread is not None:
-            engine, self._unit_engine = self._unit_engine, None
-            if engine is not None:
-                await asyncio.get_running_loop().run_in_executor(thread, engine.dispose)
+            await asyncio.get_running_loop().run_in_executor(thread, self._close_unit_engine)
+            self._unit_engine = None
             thread.shutdown(wait=False)
 
 

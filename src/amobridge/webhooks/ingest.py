@@ -35,9 +35,10 @@ log = logging.getLogger("amobridge.webhooks")
 SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 # ``account[id]=…`` and ``account[subdomain]=…``, brackets plain or %-encoded, anywhere in the
 # body. The last one wins, as in the parser (and PHP) that reads the body later.
-_ACCOUNT_FIELD = re.compile(
-    rb"(?:^|&)account(?:\[|%5b)(id|subdomain)(?:\]|%5d)=([^&]*)", re.IGNORECASE
-)
+# Keys as the parser reads them (case-sensitive, as PHP's are); only the brackets' %-escapes come
+# in either case. A field starts the body or follows an "&" (checked per hit: a leading
+# alternative made the search try every position of the body, 8 times slower).
+_ACCOUNT_FIELD = re.compile(rb"account(?:\[|%5[bB])(id|subdomain)(?:\]|%5[dD])=([^&]*)")
 CACHE_LIMIT = 10_000
 
 
@@ -65,7 +66,9 @@ def account_of(body: bytes) -> Account:
     """``account[id]`` and ``account[subdomain]`` of a form-encoded body, without parsing it."""
     found: dict[bytes, bytes] = {}
     for match in _ACCOUNT_FIELD.finditer(body):
-        found[match.group(1).lower()] = match.group(2)
+        start = match.start()
+        if start == 0 or body[start - 1] == 0x26:  # b"&"
+            found[match.group(1)] = match.group(2)
     account_id: int | None = None
     raw_id = found.get(b"id")
     if raw_id is not None:
