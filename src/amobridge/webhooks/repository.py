@@ -90,20 +90,6 @@ _INSERTED = (
 _SQLITE_INSERTS: dict[int, tuple[str, list[tuple[str, Any]]]] = {}
 
 
-def _sqlite_insert(dialect: Any) -> tuple[str, list[tuple[str, Any]]]:
-    """The receiver's INSERT as SQL for the driver, and each column's bind processor."""
-    found = _SQLITE_INSERTS.get(id(dialect))
-    if found is None:
-        table = cast(Table, WebhookDelivery.__table__)
-        compiled = insert(table).compile(dialect=dialect, column_keys=list(_INSERTED))
-        sql = str(compiled)
-        order = list(compiled.positiontup or [])
-        assert order == list(_INSERTED), order  # the driver takes the values in this order
-        processors = [(name, table.c[name].type.bind_processor(dialect)) for name in _INSERTED]
-        found = _SQLITE_INSERTS[id(dialect)] = (sql, processors)
-    return found
-
-
 class DeliveryUnitRepository(UnitRepository):
     """The receiver's SQL, on the synchronous connection of its unit (one call on the
     database's unit thread: :meth:`Database.run_unit <amobridge.storage.db.Database.run_unit>`).
@@ -151,13 +137,27 @@ class DeliveryUnitRepository(UnitRepository):
         result = self.connection.execute(self._INSERT, list(rows))
         return [int(id_) for id_ in result.scalars()]
 
+    @staticmethod
+    def _sqlite_statement(dialect: Any) -> tuple[str, list[tuple[str, Any]]]:
+        """The receiver's INSERT as SQL for the driver, and each column's bind processor."""
+        found = _SQLITE_INSERTS.get(id(dialect))
+        if found is None:
+            table = cast(Table, WebhookDelivery.__table__)
+            compiled = insert(table).compile(dialect=dialect, column_keys=list(_INSERTED))
+            sql = str(compiled)
+            order = list(compiled.positiontup or [])
+            assert order == list(_INSERTED), order  # the driver takes the values in this order
+            processors = [(name, table.c[name].type.bind_processor(dialect)) for name in _INSERTED]
+            found = _SQLITE_INSERTS[id(dialect)] = (sql, processors)
+        return found
+
     def _insert_sqlite(self, rows: Sequence[dict[str, Any]]) -> list[int]:
         """On SQLite, straight to the driver: ``executemany`` of one prepared INSERT, each value
         converted by its column's own bind processor (what SQLAlchemy would store), the ids
         read from ``last_insert_rowid()``. Consecutive: the unit holds the write lock, and a
         new row's id is the table's highest plus one. SQLAlchemy's per-statement machinery was
         the larger part of the receiver's unit."""
-        sql, processors = _sqlite_insert(self.connection.dialect)
+        sql, processors = self._sqlite_statement(self.connection.dialect)
         values = [
             tuple(
                 row[name] if convert is None else convert(row[name]) for name, convert in processors
