@@ -163,3 +163,14 @@ def test_the_jobs_commands(
     bad_state = runner.invoke(cli, ["jobs", "list", "--state", "sleeping"])
     assert bad_state.exit_code == 1
     assert "unknown job state" in bad_state.stderr
+
+    # The operating page's commands for a failed or stuck job run as written.
+    page = (Path(__file__).parents[2] / "docs" / "operating.md").read_text(encoding="utf-8")
+    section = page.split("## A job failed or seems stuck", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].split() for line in block.strip().splitlines()]
+    assert len(commands) >= 3
+    for command in commands:
+        assert command[0] == "amobridge", command
+        done = runner.invoke(cli, command[1:])
+        assert done.exit_code == 0, (command, done.output)
