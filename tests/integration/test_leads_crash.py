@@ -33,7 +33,11 @@ from leads_support import (
 
 from database_support import DATABASE_KINDS, fresh_database
 
-SMALL = CrashConfig(leads=200, kills=3, workers=2, lease_seconds=2.0, deadline=90.0)
+# The in-flight window at 4 s (75 by default): the sandbox answers within a second, and it still
+# outlasts the 2 s lease a stalled worker would lose.
+SMALL = CrashConfig(
+    leads=200, kills=3, workers=2, lease_seconds=2.0, in_flight_seconds=4.0, deadline=90.0
+)
 
 
 @pytest.fixture(params=DATABASE_KINDS)
