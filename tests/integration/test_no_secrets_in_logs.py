@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from _procs import DEF502_LIKE, JWT_LIKE, SERVICE_URL, full_flows, needles, sandbox_secrets
+from _procs import DEF502_IN_TEXT, JWT_LIKE, SERVICE_URL, full_flows, needles, sandbox_secrets
 
 from amobridge.logs import configure_logging
 
@@ -85,7 +85,7 @@ def browser_callback(name: str, text: str) -> bool:
 
 def found(text: str, search: set[str]) -> list[str]:
     hits = [needle[:6] + "…" for needle in search if needle in text]
-    hits += [m[:6] + "…" for m in JWT_LIKE.findall(text) + DEF502_LIKE.findall(text)]
+    hits += [m[:6] + "…" for m in JWT_LIKE.findall(text) + DEF502_IN_TEXT.findall(text)]
     return hits
 
 
