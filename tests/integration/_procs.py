@@ -221,10 +221,10 @@ async def _refresh_worker(config: dict[str, Any], barrier: Any) -> dict[str, Any
 # --- full flows and what the sandbox issued (for the secret scans) -------------------------------
 
 JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
-DEF502_LIKE = re.compile(r"def50[0-9a-f]{32,}", re.IGNORECASE)
-# In log lines a refresh token starts a value: inside a longer hex string (a SHA-256 id logged
-# with its statement) the five characters come up by chance, and that is no token. (Files and
-# stored values are searched with DEF502_LIKE: there any byte may precede a value.)
+# An amoCRM refresh token: "def50" and hex. Not inside a longer hex run: a SHA-256 (a hashed
+# secret, a hook signature's id) contains those five characters now and then by chance.
+DEF502_LIKE = re.compile(r"(?<![0-9a-f])def50[0-9a-f]{32,}", re.IGNORECASE)
+# In log lines a token starts a value (after a quote, "=", a space): no letter or digit before.
 DEF502_IN_TEXT = re.compile(r"(?<![0-9A-Za-z])def50[0-9a-f]{32,}", re.IGNORECASE)
 
 
