@@ -33,11 +33,11 @@ from amobridge.errors import ServiceError
 from amobridge.jobs import JobQueue
 from amobridge.storage.batch import GroupCommit
 from amobridge.storage.db import Database
-from amobridge.storage.repository import SyncRepository, dialect_insert
+from amobridge.storage.repository import SyncRepository
 from amobridge.storage.tables import Contact, IdempotencyKey, Lead, LeadContact
 from amobridge.sync import kinds
 from amobridge.sync.catalogue import Catalogue
-from amobridge.sync.repository import ContactRepository, LeadRepository
+from amobridge.sync.repository import ContactRepository, IdempotencyRepository, LeadRepository
 from amobridge.sync.schemas import ContactIn, LeadCreateBody
 from amobridge.sync.views import fold, lead_out, mark_dirty
 
@@ -138,13 +138,10 @@ class LeadIntakeRepository(SyncRepository[Lead]):
 
     def claim_key(self, owner: str, key: str, request_hash: str) -> IdempotencyKey | None:
         """Take ``key`` for this request, or the row of the request that took it first."""
-        insert: Any = dialect_insert(self.dialect, IdempotencyKey)
         taken = self.session.scalar(
-            insert.values(
-                owner=owner, key=key, request_hash=request_hash, created_at=datetime.now(UTC)
+            IdempotencyRepository.claim_statement(
+                self.dialect, owner, key, request_hash, created_at=datetime.now(UTC)
             )
-            .on_conflict_do_nothing(index_elements=["owner", "key"])
-            .returning(IdempotencyKey.key)
         )
         if taken is not None:
             return None

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
 from amobridge.errors import ServiceError
-from amobridge.storage.repository import Repository
+from amobridge.storage.repository import Repository, dialect_insert
 from amobridge.storage.tables import (
     AmoCatalogue,
     Connection,
@@ -393,19 +393,28 @@ class IdempotencyRepository(Repository[IdempotencyKey]):
             select(IdempotencyKey).where(IdempotencyKey.owner == owner, IdempotencyKey.key == key)
         )
 
+    @staticmethod
+    def claim_statement(
+        dialect: str, owner: str, key: str, request_hash: str, *, created_at: datetime
+    ) -> Any:
+        """The INSERT that takes ``key`` (nothing when another request took it first)."""
+        insert: Any = dialect_insert(dialect, IdempotencyKey)  # both know on_conflict_do_nothing
+        return (
+            insert.values(owner=owner, key=key, request_hash=request_hash, created_at=created_at)
+            .on_conflict_do_nothing(index_elements=["owner", "key"])
+            .returning(IdempotencyKey.key)
+        )
+
     async def claim(self, owner: str, key: str, request_hash: str) -> IdempotencyKey | None:
         """Take ``key`` for this request, or return the row of the request that took it first.
 
         On PostgreSQL a concurrent request with the same key waits here until the first one's
         unit of work ends, then finds its row (with its answer); on SQLite the write lock
         already serialises them."""
-        insert: Any = self.insert()  # the dialect's Insert: both know on_conflict_do_nothing
         taken = await self.session.scalar(
-            insert.values(
-                owner=owner, key=key, request_hash=request_hash, created_at=await self.db_now()
+            self.claim_statement(
+                self.dialect, owner, key, request_hash, created_at=await self.db_now()
             )
-            .on_conflict_do_nothing(index_elements=["owner", "key"])
-            .returning(IdempotencyKey.key)
         )
         if taken is not None:
             return None
